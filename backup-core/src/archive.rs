@@ -1,0 +1,249 @@
+//! The WAL archive: what `archive_command` and `restore_command` do, per PostgreSQL's contracts.
+//!
+//! Push never overwrites: the same name with the same content is success (the server re-sends
+//! a segment after a crash between our success and its bookkeeping), the same name with other
+//! content is a loud failure. Fetch distinguishes "not in the archive" (normal; recovery asks for
+//! files past the end) from real failures, which its caller must turn into an aborted recovery.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::repo::{RepoError, Repository};
+use crate::storage::{ObjectMeta, PutMode, StorageError};
+use crate::wal::{xlog_page_magic, LongPageHeader, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
+
+#[derive(Debug)]
+pub enum PushOutcome {
+    Archived { plaintext_size: u64, stored_size: u64 },
+    /// Already in the archive with identical content.
+    AlreadyArchived,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("{path}: file name is not a WAL file name; archive_command must pass %p")]
+    NotWal { path: String },
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("WAL file {name} belongs to database system {found}, but repository {location} is for system identifier {expected}: this server must archive into its own repository (check archive_command and the configuration)")]
+    ForeignSystem { name: String, found: SystemId, expected: SystemId, location: String },
+    #[error("WAL file {name}: {reason}")]
+    BadSegment { name: String, reason: String },
+    #[error("WAL file {name} is already archived with different content (archived sha256 {archived}, this file {local}); refusing to overwrite. Is another server archiving into {location}? Investigate before touching the archive")]
+    Conflict { name: String, archived: String, local: String, location: String },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl Repository {
+    /// `archive_command`: store the WAL file at `path` durably, once.
+    pub fn push_wal(&self, path: &Path) -> Result<PushOutcome, PushError> {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
+        let read_err = |source| PushError::Read { path: path.display().to_string(), source };
+        let mut file = File::open(path).map_err(read_err)?;
+        if name.carries_wal_pages() {
+            self.check_segment(&name, &mut file, path)?;
+        }
+        let key = name.object_key();
+        if self.storage().exists(&key).map_err(RepoError::from)? {
+            return self.compare_with_archived(&name, path);
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        match self.put_object(&key, &mut reader, PutMode::IfAbsent)? {
+            Some(s) => Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size }),
+            // Someone stored it between our check and our write: judge their copy like any other.
+            None => self.compare_with_archived(&name, path),
+        }
+    }
+
+    fn check_segment(&self, name: &WalFileName, file: &mut File, path: &Path) -> Result<(), PushError> {
+        let bad = |reason: String| PushError::BadSegment { name: name.to_string(), reason };
+        let mut head = [0u8; LONG_PAGE_HEADER_LEN];
+        file.read_exact(&mut head).map_err(|e| bad(format!("cannot read its first page: {e}")))?;
+        let header = LongPageHeader::parse(&head).map_err(|e| bad(e.to_string()))?;
+        if header.system_id != self.info.system_identifier {
+            return Err(PushError::ForeignSystem {
+                name: name.to_string(),
+                found: header.system_id,
+                expected: self.info.system_identifier,
+                location: self.location(),
+            });
+        }
+        if Some(header.magic) != xlog_page_magic(self.info.pg_version) {
+            return Err(bad(format!("page magic {:#06X} is not PostgreSQL {}'s WAL", header.magic, self.info.pg_version)));
+        }
+        if header.segment_size != self.info.wal_segment_size {
+            return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, self.info.wal_segment_size)));
+        }
+        let len = file.metadata().map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?.len();
+        if len != u64::from(self.info.wal_segment_size) {
+            return Err(bad(format!("file is {len} bytes, a segment is {}", self.info.wal_segment_size)));
+        }
+        use std::io::Seek;
+        file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
+        Ok(())
+    }
+
+    fn compare_with_archived(&self, name: &WalFileName, path: &Path) -> Result<PushOutcome, PushError> {
+        let archived = self.object_trailer(&name.object_key())?;
+        let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
+        let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
+        if local == archived.sha256 && size == archived.plaintext_size {
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(PushError::Conflict {
+                name: name.to_string(),
+                archived: hex::encode(archived.sha256),
+                local: hex::encode(local),
+                location: self.location(),
+            })
+        }
+    }
+
+    /// `restore_command`: write WAL file `name` to `dest`, atomically: the bytes go to a
+    /// temporary file beside `dest`, which is renamed onto it only once authenticated and
+    /// digest-checked. `Err(FetchError::NotFound)` when the archive does not have it.
+    pub fn fetch_wal(&self, name: &WalFileName, dest: &Path) -> Result<(), FetchError> {
+        let key = name.object_key();
+        let reader = match self.storage().get(&key) {
+            Ok(r) => r,
+            Err(StorageError::NotFound { .. }) => return Err(FetchError::NotFound(name.to_string())),
+            Err(e) => return Err(FetchError::Failed(e.into())),
+        };
+        let dest_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wal".into());
+        let temp = dest.with_file_name(format!(".{dest_name}.wal-archiver.tmp"));
+        let result = (|| {
+            let file = File::create(&temp).map_err(|e| FetchError::Write { path: temp.display().to_string(), source: e })?;
+            let mut out = BufWriter::with_capacity(1 << 20, file);
+            let mut input = BufReader::with_capacity(1 << 20, reader);
+            crate::codec::decode(&mut input, &mut out, &key, self.keys())
+                .map_err(|e| FetchError::Failed(RepoError::codec(&key, e)))?;
+            out.into_inner().map_err(|e| FetchError::Write { path: temp.display().to_string(), source: e.into_error() })?;
+            std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), source: e })
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Every file in the WAL archive, in name order.
+    pub fn list_wal(&self) -> Result<Vec<ArchivedWal>, RepoError> {
+        let objects = self.storage().list("wal/")?;
+        Ok(objects.into_iter().filter_map(ArchivedWal::from_meta).collect())
+    }
+
+    /// Decode an archived file to nowhere: authentication and digest only.
+    pub fn verify_wal(&self, wal: &ArchivedWal) -> Result<(), RepoError> {
+        self.get_object(&wal.object, &mut std::io::sink()).map(|_| ())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("WAL file {0} is not in the archive")]
+    NotFound(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Failed(#[from] RepoError),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchivedWal {
+    #[serde(serialize_with = "serialize_display")]
+    pub name: WalFileName,
+    pub kind: &'static str,
+    pub timeline: u32,
+    pub stored_bytes: u64,
+    pub object: String,
+}
+
+fn serialize_display<S: serde::Serializer>(v: &WalFileName, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl ArchivedWal {
+    fn from_meta(meta: ObjectMeta) -> Option<ArchivedWal> {
+        let file = meta.key.rsplit('/').next()?;
+        let name = WalFileName::parse(file).ok()?;
+        (name.object_key() == meta.key).then(|| ArchivedWal {
+            kind: name.kind(),
+            timeline: name.timeline().0,
+            name,
+            stored_bytes: meta.size,
+            object: meta.key,
+        })
+    }
+}
+
+/// The segments of one timeline: first, last, and what is missing between them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TimelineSummary {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    pub gaps: Vec<String>,
+}
+
+/// A gap means recovery through this range would stop early: worth shouting about in `info`.
+pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32) -> Vec<TimelineSummary> {
+    let mut by_tli: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    for f in files {
+        if let Some(pos) = f.name.segment() {
+            by_tli.entry(pos.timeline.0).or_default().push(pos.segno(segment_size));
+        }
+    }
+    let name = |tli: u32, segno: u64| WalFileName::Segment(SegmentPos::from_segno(TimelineId(tli), segno, segment_size)).to_string();
+    by_tli
+        .into_iter()
+        .map(|(tli, mut segnos)| {
+            segnos.sort_unstable();
+            let mut gaps = Vec::new();
+            for pair in segnos.windows(2) {
+                for missing in pair[0] + 1..pair[1] {
+                    if gaps.len() < 1000 {
+                        gaps.push(name(tli, missing));
+                    }
+                }
+            }
+            TimelineSummary {
+                timeline: tli,
+                first: name(tli, segnos[0]),
+                last: name(tli, *segnos.last().unwrap()),
+                segments: segnos.len() as u64,
+                gaps,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal(name: &str) -> ArchivedWal {
+        let name = WalFileName::parse(name).unwrap();
+        ArchivedWal { kind: name.kind(), timeline: name.timeline().0, object: name.object_key(), name, stored_bytes: 1 }
+    }
+
+    #[test]
+    fn gaps_across_an_xlogid_boundary() {
+        let files = [
+            wal("0000000100000000000000FE"),
+            wal("000000010000000100000001"),
+            wal("00000002.history"),
+            wal("000000020000000100000005"),
+        ];
+        let s = summarize_timelines(&files, 16 << 20);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].gaps, ["0000000100000000000000FF", "000000010000000100000000"]);
+        assert_eq!(s[0].segments, 2);
+        assert!(s[1].gaps.is_empty());
+    }
+}

@@ -1,0 +1,224 @@
+//! One configuration for `wal-archiver` and the extension: a TOML file, then environment
+//! variables (the product document's `BACKUP_*` names) on top.
+//!
+//! The file is found through `--config`, else `$BACKUP_CONFIG`, else
+//! `/etc/pg_backup_ext/pg_backup_ext.conf` if it exists. An `archive_command` runs with the
+//! postmaster's environment, so the file is the dependable place; the variables suit containers.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::codec::Compression;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pg_backup_ext/pg_backup_ext.conf";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Repository directory (`BACKUP_DIR`).
+    pub repo_path: Option<PathBuf>,
+    /// Compress with zstd (`BACKUP_COMPRESSION`).
+    pub compression: bool,
+    /// zstd level 1-19 (`BACKUP_COMPRESSION_LEVEL`).
+    pub compression_level: i32,
+    /// Encrypt with AES-256-GCM (`BACKUP_ENCRYPTION`). Off only when said so.
+    pub encryption: bool,
+    /// Master key file from `wal-archiver keygen` (`BACKUP_KEY_FILE`).
+    pub key_file: Option<PathBuf>,
+    /// File holding the passphrase of a sealed key file (`BACKUP_KEY_PASSPHRASE_FILE`).
+    pub key_passphrase_file: Option<PathBuf>,
+    /// Days to keep backups (`BACKUP_RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Attempts of `fetch` on a real error before it aborts recovery.
+    pub fetch_retries: u32,
+    pub fetch_retry_delay_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            repo_path: None,
+            compression: true,
+            compression_level: 3,
+            encryption: true,
+            key_file: None,
+            key_passphrase_file: None,
+            retention_days: 30,
+            fetch_retries: 3,
+            fetch_retry_delay_ms: 1000,
+        }
+    }
+}
+
+impl Config {
+    /// Load from `explicit` (must exist), `$BACKUP_CONFIG` (must exist) or the default path (may
+    /// be absent), then apply the environment.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let path = explicit.map(Path::to_path_buf).or_else(|| env("BACKUP_CONFIG").map(PathBuf::from));
+        let (text, source) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| ConfigError::Read { path: p.display().to_string(), source: e })?;
+                (text, p.display().to_string())
+            }
+            None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
+                Ok(t) => (t, DEFAULT_CONFIG_PATH.to_string()),
+                Err(_) => (String::new(), "defaults".to_string()),
+            },
+        };
+        Config::parse(&text, &source, env)
+    }
+
+    /// Parse file text, then apply variables from `env`; validate the result.
+    pub fn parse(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut c: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: source.to_string(), reason: e.message().to_string() })?;
+        if let Some(v) = env("BACKUP_DIR") {
+            c.repo_path = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("BACKUP_COMPRESSION") {
+            c.compression = parse_bool("BACKUP_COMPRESSION", &v)?;
+        }
+        if let Some(v) = env("BACKUP_COMPRESSION_LEVEL") {
+            c.compression_level = v.parse().map_err(|_| ConfigError::env("BACKUP_COMPRESSION_LEVEL", &v, "an integer 1-19"))?;
+        }
+        if let Some(v) = env("BACKUP_ENCRYPTION") {
+            c.encryption = parse_bool("BACKUP_ENCRYPTION", &v)?;
+        }
+        if let Some(v) = env("BACKUP_KEY_FILE") {
+            c.key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("BACKUP_KEY_PASSPHRASE_FILE") {
+            c.key_passphrase_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("BACKUP_RETENTION_DAYS") {
+            c.retention_days = v.parse().map_err(|_| ConfigError::env("BACKUP_RETENTION_DAYS", &v, "a whole number of days"))?;
+        }
+        if !(1..=19).contains(&c.compression_level) {
+            return Err(ConfigError::Invalid(format!("compression_level {} is out of range 1-19", c.compression_level)));
+        }
+        Ok(c)
+    }
+
+    pub fn repo_path(&self) -> Result<&Path, ConfigError> {
+        self.repo_path.as_deref().ok_or(ConfigError::NoRepository)
+    }
+
+    pub fn compression(&self) -> Compression {
+        if self.compression {
+            Compression::Zstd { level: self.compression_level }
+        } else {
+            Compression::None
+        }
+    }
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        _ => Err(ConfigError::env(var, v, "true or false")),
+    }
+}
+
+/// A repository inside the data directory would be copied into every base backup and deleted
+/// by every restore: refuse it outright.
+pub fn refuse_repo_inside_pgdata(repo: &Path, pgdata: &Path) -> Result<(), ConfigError> {
+    let pgdata = pgdata.canonicalize().unwrap_or_else(|_| pgdata.to_path_buf());
+    // The repository may not exist yet: resolve its nearest existing ancestor.
+    let mut existing = repo.to_path_buf();
+    let mut tail = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                tail.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize().unwrap_or(existing);
+    for part in tail.iter().rev() {
+        resolved.push(part);
+    }
+    if resolved.starts_with(&pgdata) {
+        return Err(ConfigError::RepoInsidePgdata { repo: resolved.display().to_string(), pgdata: pgdata.display().to_string() });
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("configuration file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("environment variable {var}={value:?} is not {expected}")]
+    Env { var: String, value: String, expected: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("no repository configured: set repo_path in the configuration file or BACKUP_DIR")]
+    NoRepository,
+    #[error("repository {repo} is inside the data directory {pgdata}: it would be copied into backups and wiped by restores; put it elsewhere")]
+    RepoInsidePgdata { repo: String, pgdata: String },
+}
+
+impl ConfigError {
+    fn env(var: &str, value: &str, expected: &str) -> ConfigError {
+        ConfigError::Env { var: var.into(), value: value.into(), expected: expected.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_encrypt_and_compress() {
+        let c = Config::parse("", "t", no_env).unwrap();
+        assert!(c.encryption && c.compression);
+        assert_eq!(c.compression(), Compression::Zstd { level: 3 });
+        assert!(matches!(c.repo_path(), Err(ConfigError::NoRepository)));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let file = "repo_path = \"/from/file\"\ncompression_level = 5\nencryption = true\n";
+        let env = |k: &str| match k {
+            "BACKUP_DIR" => Some("/from/env".to_string()),
+            "BACKUP_ENCRYPTION" => Some("off".to_string()),
+            "BACKUP_RETENTION_DAYS" => Some("7".to_string()),
+            _ => None,
+        };
+        let c = Config::parse(file, "t", env).unwrap();
+        assert_eq!(c.repo_path().unwrap(), Path::new("/from/env"));
+        assert!(!c.encryption);
+        assert_eq!(c.compression_level, 5);
+        assert_eq!(c.retention_days, 7);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let err = Config::parse("", "t", |k| (k == "BACKUP_COMPRESSION").then(|| "maybe".into())).unwrap_err();
+        assert!(err.to_string().contains("BACKUP_COMPRESSION=\"maybe\""), "{err}");
+        let err = Config::parse("repo_pth = \"/x\"", "/etc/x.conf", no_env).unwrap_err();
+        assert!(err.to_string().contains("/etc/x.conf") && err.to_string().contains("repo_pth"), "{err}");
+        assert!(Config::parse("compression_level = 40", "t", no_env).is_err());
+    }
+
+    #[test]
+    fn repository_inside_pgdata_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("data");
+        std::fs::create_dir(&pgdata).unwrap();
+        assert!(refuse_repo_inside_pgdata(&pgdata.join("backups/repo"), &pgdata).is_err());
+        assert!(refuse_repo_inside_pgdata(&pgdata.join("../data/x"), &pgdata).is_err());
+        assert!(refuse_repo_inside_pgdata(&dir.path().join("repo"), &pgdata).is_ok());
+    }
+}

@@ -26,8 +26,8 @@ pub enum PushOutcome {
 pub enum PushError {
     #[error("{path}: file name is not a WAL file name; archive_command must pass %p")]
     NotWal { path: String },
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("WAL file {name} belongs to database system {found}, but repository {location} is for system identifier {expected}: this server must archive into its own repository (check archive_command and the configuration)")]
     ForeignSystem { name: String, found: SystemId, expected: SystemId, location: String },
     #[error("WAL file {name}: {reason}")]
@@ -43,7 +43,7 @@ impl Repository {
     pub fn push_wal(&self, path: &Path) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
-        let read_err = |source| PushError::Read { path: path.display().to_string(), source };
+        let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
         let mut file = File::open(path).map_err(read_err)?;
         if name.carries_wal_pages() {
             self.check_segment(&name, &mut file, path)?;
@@ -79,19 +79,19 @@ impl Repository {
         if header.segment_size != self.info.wal_segment_size {
             return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, self.info.wal_segment_size)));
         }
-        let len = file.metadata().map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?.len();
+        let len = file.metadata().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?.len();
         if len != u64::from(self.info.wal_segment_size) {
             return Err(bad(format!("file is {len} bytes, a segment is {}", self.info.wal_segment_size)));
         }
         use std::io::Seek;
-        file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
+        file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         Ok(())
     }
 
     fn compare_with_archived(&self, name: &WalFileName, path: &Path) -> Result<PushOutcome, PushError> {
         let archived = self.object_trailer(&name.object_key())?;
-        let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
-        let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), source: e })?;
+        let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
+        let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         if local == archived.sha256 && size == archived.plaintext_size {
             Ok(PushOutcome::AlreadyArchived)
         } else {
@@ -117,13 +117,13 @@ impl Repository {
         let dest_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wal".into());
         let temp = dest.with_file_name(format!(".{dest_name}.wal-archiver.tmp"));
         let result = (|| {
-            let file = File::create(&temp).map_err(|e| FetchError::Write { path: temp.display().to_string(), source: e })?;
+            let file = File::create(&temp).map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e })?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let mut input = BufReader::with_capacity(1 << 20, reader);
             crate::codec::decode(&mut input, &mut out, &key, self.keys())
                 .map_err(|e| FetchError::Failed(RepoError::codec(&key, e)))?;
-            out.into_inner().map_err(|e| FetchError::Write { path: temp.display().to_string(), source: e.into_error() })?;
-            std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), source: e })
+            out.into_inner().map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e.into_error() })?;
+            std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), cause: e })
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
@@ -147,8 +147,8 @@ impl Repository {
 pub enum FetchError {
     #[error("WAL file {0} is not in the archive")]
     NotFound(String),
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
     #[error(transparent)]
     Failed(#[from] RepoError),
 }

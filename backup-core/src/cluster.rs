@@ -18,7 +18,7 @@ pub struct ClusterIdentity {
 
 impl ClusterIdentity {
     pub fn from_pgdata(pgdata: &Path) -> Result<ClusterIdentity, ClusterError> {
-        let read = |p: PathBuf| fs::read(&p).map_err(|e| ClusterError::Read { path: p.display().to_string(), source: e });
+        let read = |p: PathBuf| fs::read(&p).map_err(|e| ClusterError::Read { path: p.display().to_string(), cause: e });
         let version_text = read(pgdata.join("PG_VERSION"))?;
         let pg_version: u32 = String::from_utf8_lossy(&version_text)
             .trim()
@@ -47,7 +47,7 @@ impl ClusterIdentity {
 /// long page header states it plainly, along with the system identifier we can cross-check.
 fn segment_size_from_pg_wal(pgdata: &Path, system_id: SystemId) -> Result<u32, ClusterError> {
     let dir = pgdata.join("pg_wal");
-    let entries = fs::read_dir(&dir).map_err(|e| ClusterError::Read { path: dir.display().to_string(), source: e })?;
+    let entries = fs::read_dir(&dir).map_err(|e| ClusterError::Read { path: dir.display().to_string(), cause: e })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !matches!(WalFileName::parse(&name), Ok(WalFileName::Segment(_))) {
@@ -66,8 +66,8 @@ fn segment_size_from_pg_wal(pgdata: &Path, system_id: SystemId) -> Result<u32, C
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{0} is not a PostgreSQL data directory")]
     NotADataDirectory(String),
     #[error("PostgreSQL {0} is not supported; this version supports PostgreSQL 15")]

@@ -60,7 +60,7 @@ impl Config {
         let (text, source) = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(&p)
-                    .map_err(|e| ConfigError::Read { path: p.display().to_string(), source: e })?;
+                    .map_err(|e| ConfigError::Read { path: p.display().to_string(), cause: e })?;
                 (text, p.display().to_string())
             }
             None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
@@ -151,8 +151,8 @@ pub fn refuse_repo_inside_pgdata(repo: &Path, pgdata: &Path) -> Result<(), Confi
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    #[error("cannot read configuration file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("configuration file {path}: {reason}")]
     Parse { path: String, reason: String },
     #[error("environment variable {var}={value:?} is not {expected}")]

@@ -141,7 +141,7 @@ impl KeyRing {
     /// Load a key file. It must not be readable by group or others: a key anyone can read
     /// protects nothing.
     pub fn load(path: &Path, passphrase: Option<&str>) -> Result<KeyRing, KeyError> {
-        let at = |source| KeyError::Io { path: path.display().to_string(), source };
+        let at = |cause| KeyError::Io { path: path.display().to_string(), cause };
         let meta = fs::metadata(path).map_err(at)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -176,7 +176,7 @@ impl KeyRing {
 
     /// Write the key file with mode 0600, atomically (temporary file, fsync, rename).
     pub fn save(&self, path: &Path, passphrase: Option<&str>) -> Result<(), KeyError> {
-        let at = |source| KeyError::Io { path: path.display().to_string(), source };
+        let at = |cause| KeyError::Io { path: path.display().to_string(), cause };
         let stored: Vec<StoredKey> = self
             .keys
             .iter()
@@ -252,8 +252,8 @@ pub fn default_key_id() -> KeyId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("key file {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("key file {path} has mode {mode:04o}: it must not be readable by group or others; run: chmod 600 {path}")]
     Permissions { path: String, mode: u32 },
     #[error("key file {path}: {reason}")]

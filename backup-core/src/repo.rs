@@ -75,7 +75,7 @@ impl Repository {
             None => None,
             Some(p) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| KeyError::Io { path: p.display().to_string(), source: e })?
+                    .map_err(|e| KeyError::Io { path: p.display().to_string(), cause: e })?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
             ),
@@ -202,8 +202,8 @@ pub enum RepoError {
     EncryptionMismatch { location: String, repo: Encryption },
     #[error("encryption is on but no key file is configured: create one with 'wal-archiver keygen --output FILE' and set key_file (or set encryption = false explicitly)")]
     NoKeyFile,
-    #[error("object {object}: {source}")]
-    Codec { object: String, source: CodecError },
+    #[error("object {object}: {cause}")]
+    Codec { object: String, cause: CodecError },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -213,7 +213,7 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub fn codec(object: &str, source: CodecError) -> RepoError {
-        RepoError::Codec { object: object.to_string(), source }
+    pub fn codec(object: &str, cause: CodecError) -> RepoError {
+        RepoError::Codec { object: object.to_string(), cause }
     }
 }

@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pgrx::extension_sql_file!("../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+
 /// Version of the extension and of the repository format it writes.
 #[pg_extern]
 fn version() -> String {

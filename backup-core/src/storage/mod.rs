@@ -93,16 +93,16 @@ pub enum StorageError {
     NotFound { key: String },
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
-    #[error("{op} {key}: {source}")]
-    Io { op: &'static str, key: String, source: std::io::Error },
+    #[error("{op} {key}: {cause}")]
+    Io { op: &'static str, key: String, cause: std::io::Error },
 }
 
 impl StorageError {
-    pub fn io(op: &'static str, key: &str, source: std::io::Error) -> StorageError {
-        if source.kind() == std::io::ErrorKind::NotFound && (op == "reading" || op == "opening") {
+    pub fn io(op: &'static str, key: &str, cause: std::io::Error) -> StorageError {
+        if cause.kind() == std::io::ErrorKind::NotFound && (op == "reading" || op == "opening") {
             return StorageError::NotFound { key: key.to_string() };
         }
-        StorageError::Io { op, key: key.to_string(), source }
+        StorageError::Io { op, key: key.to_string(), cause }
     }
 
     pub fn is_not_found(&self) -> bool {

@@ -1,0 +1,52 @@
+# pg_backup_ext — build, install, demo, test, bench.
+#
+#   make install   install what is missing (apt, cargo-pgrx), build, install the extension into
+#                  the system PostgreSQL 15 and wal-archiver into /usr/local/bin
+#   make demo      install, then back up and restore a demo cluster (scripts/demo.sh)
+#   make test      unit + end-to-end tests on real PostgreSQL 15 clusters
+
+PG_CONFIG   ?= /usr/lib/postgresql/15/bin/pg_config
+PGRX_VERSION = 0.18.1
+APT_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config
+CARGO       ?= cargo
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build install install-ext demo test clean
+
+all: build
+
+# Install only what is missing, so a warm machine pays nothing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@if ! cargo pgrx --version 2>/dev/null | grep -q "$(PGRX_VERSION)"; then \
+		echo "installing cargo-pgrx $(PGRX_VERSION) (takes a few minutes)"; \
+		$(CARGO) install cargo-pgrx --version $(PGRX_VERSION) --locked; \
+	fi
+	@grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml || $(CARGO) pgrx init --pg15 $(PG_CONFIG)
+
+build: deps
+	$(CARGO) build --release -p wal-archiver
+
+install-ext: deps
+	$(CARGO) pgrx install --release -p pg_backup_ext --pg-config $(PG_CONFIG)
+
+install: build install-ext
+	$(SUDO) install -m 0755 target/release/wal-archiver /usr/local/bin/wal-archiver
+	@echo "installed: wal-archiver -> /usr/local/bin, pg_backup_ext -> $$($(PG_CONFIG) --pkglibdir)"
+
+demo: install
+	bash scripts/demo.sh
+
+# Tests use the dev profile (dependencies optimised, see Cargo.toml) and the extension built
+# with it, installed into the system PostgreSQL: the end-to-end tests load it in real clusters.
+test: deps
+	$(CARGO) pgrx install -p pg_backup_ext --pg-config $(PG_CONFIG)
+	$(CARGO) build -p wal-archiver
+	$(CARGO) test --workspace --exclude pg_backup_ext
+
+clean:
+	$(CARGO) clean

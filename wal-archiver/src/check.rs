@@ -1,0 +1,128 @@
+//! `wal-archiver check`: every condition archiving depends on, each reported on its own line, so
+//! an operator sees all that is wrong at once rather than one error per attempt.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use backup_core::cluster::ClusterIdentity;
+use backup_core::config::{refuse_repo_inside_pgdata, Config};
+use backup_core::repo::Repository;
+use backup_core::storage::PutMode;
+use backup_core::wal::WalFileName;
+
+struct Report {
+    failed: usize,
+}
+
+impl Report {
+    fn item<T>(&mut self, what: &str, result: Result<T>) -> Option<T> {
+        match result {
+            Ok(v) => {
+                println!("ok    {what}");
+                Some(v)
+            }
+            Err(e) => {
+                println!("FAIL  {what}: {e:#}");
+                self.failed += 1;
+                None
+            }
+        }
+    }
+}
+
+pub fn run(config_path: Option<&Path>, pgdata: Option<&Path>, dbname: Option<&str>, timeout: Duration) -> Result<ExitCode> {
+    let mut r = Report { failed: 0 };
+    let Some(config) = r.item("configuration", Config::load(config_path).map_err(Into::into)) else {
+        return finish(r);
+    };
+    if config.encryption {
+        r.item("key file", Repository::keys_for(&config).map(|_| ()).map_err(Into::into));
+    }
+    let repo = r.item("repository reachable and initialized", Repository::open(&config).map_err(Into::into));
+    if let Some(repo) = &repo {
+        r.item("repository writable", probe_write(repo));
+    }
+    if let Some(pgdata) = pgdata {
+        let identity = r.item("data directory readable", ClusterIdentity::from_pgdata(pgdata).map_err(Into::into));
+        if let Ok(repo_path) = config.repo_path() {
+            r.item("repository outside the data directory", refuse_repo_inside_pgdata(repo_path, pgdata).map_err(Into::into));
+        }
+        if let (Some(id), Some(repo)) = (identity, &repo) {
+            let same = id.system_id == repo.info.system_identifier;
+            r.item(
+                "repository belongs to this cluster",
+                if same { Ok(()) } else { Err(anyhow!("cluster is {}, repository is for {}", id.system_id, repo.info.system_identifier)) },
+            );
+        }
+    }
+    if let Some(conninfo) = dbname {
+        if let Some(mut client) = r.item("server connection", postgres::Client::connect(conninfo, postgres::NoTls).map_err(Into::into)) {
+            r.item("archive_mode and archive_command", archive_settings(&mut client));
+            if let Some(repo) = &repo {
+                r.item("a switched WAL segment reaches the repository", archive_round_trip(&mut client, repo, timeout));
+            }
+        }
+    }
+    finish(r)
+}
+
+fn finish(r: Report) -> Result<ExitCode> {
+    if r.failed == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} check(s) failed", r.failed);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn probe_write(repo: &Repository) -> Result<()> {
+    let key = format!("check/probe-{}", std::process::id());
+    let s = repo.storage();
+    s.put(&key, b"wal-archiver check", PutMode::Overwrite)?;
+    let back = s.get_bytes(&key)?;
+    s.delete(&key)?;
+    if back != b"wal-archiver check" {
+        bail!("read back different bytes from {key}");
+    }
+    Ok(())
+}
+
+fn archive_settings(client: &mut postgres::Client) -> Result<()> {
+    let mode: String = client.query_one("SHOW archive_mode", &[])?.get(0);
+    let command: String = client.query_one("SHOW archive_command", &[])?.get(0);
+    let library: String = client.query_one("SHOW archive_library", &[])?.get(0);
+    if mode == "off" {
+        bail!("archive_mode is off; set archive_mode = on and restart the server");
+    }
+    if !library.is_empty() {
+        bail!("archive_library is set to {library:?}, so archive_command is ignored");
+    }
+    if !(command.contains("wal-archiver") && command.contains("push") && command.contains("%p")) {
+        bail!("archive_command is {command:?}; expected something like 'wal-archiver --config FILE push %p'");
+    }
+    Ok(())
+}
+
+/// Force a segment switch and wait for that segment to appear in the repository, the way the
+/// server itself would archive it.
+fn archive_round_trip(client: &mut postgres::Client, repo: &Repository, timeout: Duration) -> Result<()> {
+    // A restore point guarantees there is WAL to switch away from.
+    client.execute("SELECT pg_create_restore_point('wal-archiver check')", &[])?;
+    let name: String = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])?.get(0);
+    let key = WalFileName::parse(&name)?.object_key();
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if repo.storage().exists(&key)? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let row = client.query_one("SELECT coalesce(last_failed_wal, ''), failed_count FROM pg_stat_archiver", &[])?;
+    let (failed_wal, failed_count): (String, i64) = (row.get(0), row.get(1));
+    bail!(
+        "{name} was not archived within {timeout:?} (pg_stat_archiver: {failed_count} failures, last failed {failed_wal:?}); see the server log for archive_command errors"
+    )
+}

@@ -1,0 +1,313 @@
+//! `wal-archiver`: the server's `archive_command` and `restore_command`, and the offline tool
+//! for a repository (init, check, info, listing). Argument parsing and exit codes live here;
+//! the work is in `backup-core`.
+
+mod check;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use backup_core::archive::{self, FetchError, PushOutcome};
+use backup_core::cluster::ClusterIdentity;
+use backup_core::config::{refuse_repo_inside_pgdata, Config};
+use backup_core::keys::{default_key_id, KeyId, KeyRing, MasterKey};
+use backup_core::repo::{Encryption, InitOutcome, Repository};
+use backup_core::storage::LocalStorage;
+use backup_core::wal::WalFileName;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+/// Exit status that makes PostgreSQL abort recovery rather than treat the file as missing:
+/// `restore_command` statuses above 125 are fatal to the startup process.
+const EXIT_ABORT_RECOVERY: u8 = 128;
+
+#[derive(Parser)]
+#[command(name = "wal-archiver", version, about = "WAL archiving, restore and repository tool for pg_backup_ext",
+    long_about = "WAL archiving, restore and repository tool for pg_backup_ext.\n\n\
+In postgresql.conf:\n  archive_command = 'wal-archiver --config /etc/pg_backup_ext/pg_backup_ext.conf push %p'\n  \
+restore_command = 'wal-archiver --config /etc/pg_backup_ext/pg_backup_ext.conf fetch %f %p'\n\n\
+Run it as the OS user that runs PostgreSQL, so the files it creates stay writable by the server.")]
+struct Cli {
+    /// Configuration file (TOML). Default: $BACKUP_CONFIG, else /etc/pg_backup_ext/pg_backup_ext.conf
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Generate a master key; appends to an existing key file (the new key encrypts from now on)
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Key id (default: k<timestamp>-<random>)
+        #[arg(long)]
+        name: Option<String>,
+        /// Seal the key file with the passphrase in this file (argon2id)
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Create the repository for the cluster in DATADIR
+    Init {
+        #[arg(long, value_name = "DATADIR")]
+        pgdata: PathBuf,
+    },
+    /// archive_command: store one WAL file (%p) durably
+    Push { path: PathBuf },
+    /// restore_command: write WAL file NAME (%f) to DEST (%p); exit 1 if not archived, 128 on errors
+    Fetch { name: String, dest: PathBuf },
+    /// Check configuration, key, repository, and (with --dbname) that archiving works end to end
+    Check {
+        /// Data directory of the cluster: its system identifier must match the repository
+        #[arg(long, value_name = "DATADIR")]
+        pgdata: Option<PathBuf>,
+        /// libpq connection string, e.g. "host=/var/run/postgresql user=postgres dbname=postgres"
+        #[arg(long, value_name = "CONNINFO")]
+        dbname: Option<String>,
+        /// Seconds to wait for a forced WAL switch to reach the repository
+        #[arg(long, default_value_t = 60)]
+        archive_timeout: u64,
+    },
+    /// Show the repository: cluster identity, encryption, WAL per timeline and gaps
+    Info {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List archived WAL files
+    WalList {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Decrypt and checksum every file (exit 1 if any is corrupt)
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = cli.config.as_deref();
+    let result = match cli.verb {
+        // fetch has its own exit statuses: PostgreSQL reads them.
+        Verb::Fetch { name, dest } => return fetch(config_path, &name, &dest),
+        Verb::Keygen { output, name, passphrase_file } => keygen(&output, name, passphrase_file.as_deref()),
+        Verb::Init { pgdata } => init(config_path, &pgdata),
+        Verb::Push { path } => push(config_path, &path),
+        Verb::Check { pgdata, dbname, archive_timeout } => {
+            check::run(config_path, pgdata.as_deref(), dbname.as_deref(), Duration::from_secs(archive_timeout))
+        }
+        Verb::Info { output } => info(config_path, output),
+        Verb::WalList { output, verify } => wal_list(config_path, output, verify),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("wal-archiver: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+fn keygen(output: &Path, name: Option<String>, passphrase_file: Option<&Path>) -> Result<ExitCode> {
+    let passphrase = passphrase_file
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading passphrase file {}", p.display())))
+        .transpose()?
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string());
+    let id = match name {
+        Some(n) => KeyId::new(&n)?,
+        None => default_key_id(),
+    };
+    let key = MasterKey::generate(id.clone());
+    let ring = if output.exists() {
+        let mut ring = KeyRing::load(output, passphrase.as_deref())?;
+        ring.push(key)?;
+        ring
+    } else {
+        KeyRing::new(vec![key])?
+    };
+    ring.save(output, passphrase.as_deref())?;
+    println!("{id}");
+    eprintln!("wal-archiver: key {id} written to {}; it encrypts from now on. Keep a copy of this file off this machine: without it the repository cannot be read.", output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(config_path: Option<&Path>, pgdata: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let repo_path = config.repo_path()?;
+    refuse_repo_inside_pgdata(repo_path, pgdata)?;
+    let cluster = ClusterIdentity::from_pgdata(pgdata)?;
+    let encryption = if config.encryption {
+        // Load the keys now: a repository nobody can write to is better refused at init.
+        Repository::keys_for(&config)?;
+        Encryption::Aes256Gcm
+    } else {
+        Encryption::None
+    };
+    let storage = LocalStorage::new(repo_path);
+    match Repository::init(&storage, &cluster, encryption)? {
+        InitOutcome::Created => println!(
+            "repository {} created for database system {} (PostgreSQL {}, encryption {encryption})",
+            repo_path.display(),
+            cluster.system_id,
+            cluster.pg_version
+        ),
+        InitOutcome::AlreadyInitialized => {
+            println!("repository {} is already initialized for database system {}", repo_path.display(), cluster.system_id)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push(config_path: Option<&Path>, path: &Path) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    // archive_command runs in the data directory: refuse a repository inside it.
+    if let Ok(cwd) = std::env::current_dir() {
+        if cwd.join("PG_VERSION").is_file() {
+            refuse_repo_inside_pgdata(config.repo_path()?, &cwd)?;
+        }
+    }
+    let repo = Repository::open(&config)?;
+    match repo.push_wal(path)? {
+        PushOutcome::Archived { .. } => {}
+        PushOutcome::AlreadyArchived => {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            eprintln!("wal-archiver: {name} was already archived with identical content; nothing to do");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// restore_command. Not archived → 1 at once (recovery asks for files past the end of the
+/// archive routinely). Anything else is retried, then 128: exiting 1 there would let recovery
+/// end early, at the wrong point, and promote.
+fn fetch(config_path: Option<&Path>, name: &str, dest: &Path) -> ExitCode {
+    let Ok(wal_name) = WalFileName::parse(name) else {
+        eprintln!("wal-archiver: {name} is not a WAL file name; it cannot be in the archive");
+        return ExitCode::from(1);
+    };
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wal-archiver: error: {e:#}; aborting recovery");
+            return ExitCode::from(EXIT_ABORT_RECOVERY);
+        }
+    };
+    let attempts = config.fetch_retries + 1;
+    let mut delay = Duration::from_millis(config.fetch_retry_delay_ms);
+    for attempt in 1..=attempts {
+        let outcome = Repository::open(&config).map_err(FetchError::from).and_then(|repo| repo.fetch_wal(&wal_name, dest));
+        match outcome {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(FetchError::NotFound(_)) => return ExitCode::from(1),
+            Err(e) if attempt < attempts => {
+                eprintln!("wal-archiver: fetch {name} failed (attempt {attempt} of {attempts}): {e:#}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => {
+                eprintln!("wal-archiver: fetch {name} failed after {attempts} attempts: {e:#}; aborting recovery (exit {EXIT_ABORT_RECOVERY}) rather than ending it early");
+            }
+        }
+    }
+    ExitCode::from(EXIT_ABORT_RECOVERY)
+}
+
+fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let repo = Repository::open(&config)?;
+    let files = repo.list_wal()?;
+    let timelines = archive::summarize_timelines(&files, repo.info.wal_segment_size);
+    let stored: u64 = files.iter().map(|f| f.stored_bytes).sum();
+    let i = &repo.info;
+    if output == Output::Json {
+        let doc = json!({
+            "repository": repo.location(),
+            "format": i.format,
+            "system_identifier": i.system_identifier,
+            "pg_version": i.pg_version,
+            "wal_segment_size": i.wal_segment_size,
+            "encryption": i.encryption,
+            "created": i.created,
+            "key_ids": repo.keys().map(|k| k.ids().map(|id| id.0.clone()).collect::<Vec<_>>()),
+            "wal": { "files": files.len(), "stored_bytes": stored, "timelines": timelines },
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("repository:         {}", repo.location());
+    println!("database system:    {} (PostgreSQL {})", i.system_identifier, i.pg_version);
+    println!("WAL segment size:   {} MB", i.wal_segment_size >> 20);
+    println!("encryption:         {}", i.encryption);
+    println!("created:            {}", i.created.format("%Y-%m-%d %H:%M:%S UTC"));
+    println!("archived WAL:       {} files, {}", files.len(), human_bytes(stored));
+    for t in &timelines {
+        println!("  timeline {:>3}:     {} .. {} ({} segments)", t.timeline, t.first, t.last, t.segments);
+        if !t.gaps.is_empty() {
+            println!("    MISSING {} segment(s), first {}: recovery cannot cross this gap", t.gaps.len(), t.gaps[0]);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn wal_list(config_path: Option<&Path>, output: Output, verify: bool) -> Result<ExitCode> {
+    let config = load_config(config_path)?;
+    let repo = Repository::open(&config)?;
+    let files = repo.list_wal()?;
+    let mut corrupt = 0;
+    let mut rows = Vec::with_capacity(files.len());
+    for f in &files {
+        let mut row = serde_json::to_value(f)?;
+        if verify {
+            let status = match repo.verify_wal(f) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => {
+                    corrupt += 1;
+                    format!("corrupt: {e}")
+                }
+            };
+            row["status"] = json!(status);
+        }
+        rows.push(row);
+    }
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&json!({ "files": rows }))?);
+    } else {
+        for (f, row) in files.iter().zip(&rows) {
+            let status = row.get("status").and_then(|s| s.as_str()).unwrap_or("");
+            println!("{:<42} {:<8} {:>10}  {status}", f.name.to_string(), f.kind, human_bytes(f.stored_bytes));
+        }
+        println!("{} files{}", files.len(), if verify { format!(", {corrupt} corrupt") } else { String::new() });
+    }
+    if corrupt > 0 {
+        eprintln!("wal-archiver: {corrupt} archived WAL file(s) failed verification");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

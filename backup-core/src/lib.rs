@@ -12,6 +12,7 @@
 //! `wal-archiver` and the `pg_backup_ext` extension are thin fronts over this crate.
 
 pub mod archive;
+pub mod backup;
 pub mod cluster;
 pub mod codec;
 pub mod config;

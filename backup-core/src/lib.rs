@@ -19,4 +19,5 @@ pub mod config;
 pub mod keys;
 pub mod repo;
 pub mod storage;
+pub mod threads;
 pub mod wal;

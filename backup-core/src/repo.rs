@@ -143,7 +143,7 @@ impl Repository {
         self.keys.as_ref()
     }
 
-    fn encode_params(&self) -> EncodeParams<'_> {
+    pub(crate) fn encode_params(&self) -> EncodeParams<'_> {
         EncodeParams { compression: self.compression, key: self.keys.as_ref().map(KeyRing::newest) }
     }
 
@@ -202,6 +202,12 @@ pub enum RepoError {
     EncryptionMismatch { location: String, repo: Encryption },
     #[error("encryption is on but no key file is configured: create one with 'wal-archiver keygen --output FILE' and set key_file (or set encryption = false explicitly)")]
     NoKeyFile,
+    #[error("backup {id} does not exist in repository {location}; list backups with 'wal-archiver list' or SELECT * FROM backup.list()")]
+    UnknownBackup { id: String, location: String },
+    #[error("backup {0} already has a manifest; refusing to overwrite it")]
+    BackupExists(String),
+    #[error("{0}")]
+    NoBackupForTarget(String),
     #[error("object {object}: {cause}")]
     Codec { object: String, cause: CodecError },
     #[error(transparent)]

@@ -2,6 +2,7 @@
 //! for a repository (init, check, info, listing). Argument parsing and exit codes live here;
 //! the work is in `backup-core`.
 
+mod backup_cmd;
 mod check;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use backup_core::archive::{self, FetchError, PushOutcome};
+use backup_core::backup::restore::TargetAction;
 use backup_core::cluster::ClusterIdentity;
 use backup_core::config::{refuse_repo_inside_pgdata, Config};
 use backup_core::keys::{default_key_id, KeyId, KeyRing, MasterKey};
@@ -76,6 +78,56 @@ enum Verb {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Take a full base backup of a running cluster (the extension's backup.start_full() does the same from SQL)
+    Backup {
+        #[arg(long, value_name = "DATADIR")]
+        pgdata: PathBuf,
+        /// libpq connection string to the same cluster
+        #[arg(long, value_name = "CONNINFO")]
+        dbname: String,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Restore a backup into an empty data directory, set up to recover to a target
+    #[command(group(clap::ArgGroup::new("target_choice").args(["backup_id", "latest", "target_time", "target_lsn", "target_xid", "target_name", "target"])))]
+    Restore {
+        #[arg(long, value_name = "DATADIR")]
+        pgdata: PathBuf,
+        /// Restore this backup (default: the newest consistent before the target)
+        #[arg(long, value_name = "ID")]
+        backup_id: Option<String>,
+        /// Newest backup, recover to the end of the archive
+        #[arg(long)]
+        latest: bool,
+        /// Recover to this moment, e.g. '2024-01-15 14:30:00+00'
+        #[arg(long, value_name = "TIMESTAMP")]
+        target_time: Option<String>,
+        #[arg(long, value_name = "LSN")]
+        target_lsn: Option<String>,
+        #[arg(long, value_name = "XID")]
+        target_xid: Option<String>,
+        /// A restore point made with pg_create_restore_point / backup.create_restore_point
+        #[arg(long, value_name = "NAME")]
+        target_name: Option<String>,
+        /// 'immediate': stop as soon as the backup is consistent
+        #[arg(long, value_parser = ["immediate"])]
+        target: Option<String>,
+        #[arg(long, value_enum, default_value_t = Action::Promote)]
+        target_action: Action,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// List completed backups
+    List {
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Re-read a backup: every object authenticated and checksummed, manifest consistent, WAL range present
+    Verify {
+        id: String,
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// List archived WAL files
     WalList {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -87,7 +139,14 @@ enum Verb {
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
-enum Output {
+enum Action {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Output {
     Text,
     Json,
 }
@@ -106,6 +165,29 @@ fn main() -> ExitCode {
         }
         Verb::Info { output } => info(config_path, output),
         Verb::WalList { output, verify } => wal_list(config_path, output, verify),
+        Verb::Backup { pgdata, dbname, workers } => {
+            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers))
+        }
+        Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers } => {
+            let req = backup_cmd::RestoreRequest {
+                backup_id: backup_id.as_deref(),
+                latest,
+                target_time: target_time.as_deref(),
+                target_lsn: target_lsn.as_deref(),
+                target_xid: target_xid.as_deref(),
+                target_name: target_name.as_deref(),
+                target_immediate: target.is_some(),
+                action: match target_action {
+                    Action::Promote => TargetAction::Promote,
+                    Action::Pause => TargetAction::Pause,
+                    Action::Shutdown => TargetAction::Shutdown,
+                },
+                workers,
+            };
+            load_config(config_path).and_then(|c| backup_cmd::restore(&c, config_path, &pgdata, &req))
+        }
+        Verb::List { output } => load_config(config_path).and_then(|c| backup_cmd::list(&c, output)),
+        Verb::Verify { id, output } => load_config(config_path).and_then(|c| backup_cmd::verify(&c, &id, output)),
     };
     match result {
         Ok(code) => code,
@@ -297,7 +379,7 @@ fn wal_list(config_path: Option<&Path>, output: Output, verify: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -1,0 +1,196 @@
+//! Restore: a backup into an empty data directory, set up to recover to a target.
+//!
+//! Nothing is written until every precondition holds (empty destination, no running server,
+//! empty tablespace locations, a readable manifest): a refused restore changes nothing.
+
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::catalog::RecoveryTarget;
+use super::manifest::{FileEntry, Manifest};
+use crate::repo::{RepoError, Repository};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetAction {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+impl TargetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetAction::Promote => "promote",
+            TargetAction::Pause => "pause",
+            TargetAction::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub struct RestoreOptions {
+    pub workers: usize,
+    pub target: RecoveryTarget,
+    pub action: TargetAction,
+    /// Written as `restore_command` (e.g. `wal-archiver --config … fetch %f %p`).
+    pub restore_command: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("a server is running in {0} (postmaster.pid exists); stop it and restore into an empty directory")]
+    Running(String),
+    #[error("{0} is not empty; restore needs an empty or missing directory (move the old one aside first)")]
+    NotEmpty(String),
+    #[error("tablespace {oid} location {path} is not empty; empty it or move it aside first")]
+    TablespaceNotEmpty { oid: u32, path: String },
+    #[error("writing {path}: {cause}")]
+    Write { path: String, cause: std::io::Error },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
+    move |cause| RestoreError::Write { path: path.display().to_string(), cause }
+}
+
+/// Refuse unless `dir` is missing or empty.
+fn check_empty(dir: &Path) -> Result<(), RestoreError> {
+    if dir.join("postmaster.pid").exists() {
+        return Err(RestoreError::Running(dir.display().to_string()));
+    }
+    match fs::read_dir(dir) {
+        Ok(mut entries) => match entries.next() {
+            Some(_) => Err(RestoreError::NotEmpty(dir.display().to_string())),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RestoreError::Write { path: dir.display().to_string(), cause: e }),
+    }
+}
+
+pub fn restore_backup(
+    repo: &Repository,
+    manifest: &Manifest,
+    pgdata: &Path,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<(), RestoreError> {
+    check_empty(pgdata)?;
+    for ts in &manifest.tablespaces {
+        if check_empty(Path::new(&ts.location)).is_err() {
+            return Err(RestoreError::TablespaceNotEmpty { oid: ts.oid, path: ts.location.clone() });
+        }
+    }
+
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(pgdata).map_err(write_err(pgdata))?;
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700)).map_err(write_err(pgdata))?;
+    for ts in &manifest.tablespaces {
+        let location = Path::new(&ts.location);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(location).map_err(write_err(location))?;
+        let link = pgdata.join("pg_tblspc").join(ts.oid.to_string());
+        fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(write_err(&link))?;
+        std::os::unix::fs::symlink(location, &link).map_err(write_err(&link))?;
+    }
+    for dir in &manifest.directories {
+        let path = pgdata.join(&dir.path);
+        if dir.path.starts_with("pg_tblspc/") && dir.path.matches('/').count() == 1 {
+            continue; // the tablespace link itself, made above
+        }
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&path).map_err(write_err(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(dir.mode & 0o7777)).map_err(write_err(&path))?;
+    }
+
+    restore_files(repo, &manifest.files, pgdata, opts.workers, progress)?;
+
+    write_file(&pgdata.join("backup_label"), manifest.backup_label.as_bytes())?;
+    if let Some(map) = &manifest.tablespace_map {
+        write_file(&pgdata.join("tablespace_map"), map.as_bytes())?;
+    }
+    write_recovery_settings(pgdata, manifest, opts)?;
+    // SAFETY: sync(2) has no preconditions. The restored directory should survive a crash
+    // before the server's first checkpoint.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+fn restore_files(repo: &Repository, files: &[FileEntry], pgdata: &Path, workers: usize, progress: &RestoreProgress) -> Result<(), RestoreError> {
+    let mut order: Vec<&FileEntry> = files.iter().collect();
+    order.sort_by(|a, b| b.size.cmp(&a.size));
+    progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let work = |_: usize| {
+        while !failed.load(Ordering::Relaxed) {
+            let Some(file) = order.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+            if let Err(e) = restore_one(repo, file, pgdata) {
+                failed.store(true, Ordering::Relaxed);
+                first_error.lock().unwrap().get_or_insert(e);
+                break;
+            }
+            progress.bytes_done.fetch_add(file.size, Ordering::Relaxed);
+        }
+    };
+    std::thread::scope(|scope| {
+        for h in crate::threads::spawn_blocking_signals(scope, workers.max(1), &work) {
+            h.join().expect("restore worker panicked");
+        }
+    });
+    match first_error.into_inner().unwrap() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn restore_one(repo: &Repository, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
+    let path: PathBuf = pgdata.join(&file.path);
+    let out = fs::OpenOptions::new().write(true).create_new(true).mode(file.mode & 0o777).open(&path).map_err(write_err(&path))?;
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    repo.decode_file(file, &mut out)?;
+    out.flush().map_err(write_err(&path))?;
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_err(path))?;
+    f.write_all(bytes).map_err(write_err(path))
+}
+
+/// Quote a value for postgresql.conf.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let mut conf = format!(
+        "\n# Added by wal-archiver restore of {} on {}\nrestore_command = {}\n",
+        manifest.id,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        conf_quote(&opts.restore_command)
+    );
+    let target = match &opts.target {
+        RecoveryTarget::Latest => None,
+        RecoveryTarget::Immediate => Some(("recovery_target", "immediate".to_string())),
+        RecoveryTarget::Time { text, .. } => Some(("recovery_target_time", text.clone())),
+        RecoveryTarget::Lsn(lsn) => Some(("recovery_target_lsn", lsn.to_string())),
+        RecoveryTarget::Xid(xid) => Some(("recovery_target_xid", xid.to_string())),
+        RecoveryTarget::Name(name) => Some(("recovery_target_name", name.clone())),
+    };
+    if let Some((setting, value)) = target {
+        conf.push_str(&format!("{setting} = {}\nrecovery_target_action = {}\n", conf_quote(&value), conf_quote(opts.action.as_str())));
+    }
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&auto).map_err(write_err(&auto))?;
+    f.write_all(conf.as_bytes()).map_err(write_err(&auto))?;
+    write_file(&pgdata.join("recovery.signal"), b"")
+}

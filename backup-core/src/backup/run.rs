@@ -1,0 +1,214 @@
+//! A full base backup from start to manifest, independent of how we talk to the server.
+//!
+//! The server side (`pg_backup_start` / `pg_backup_stop`, from one session) is behind
+//! [`BackupSession`]: the extension's background worker implements it with SPI, the tests and
+//! the CLI with a client connection. Everything else happens here.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::copy::{copy_files, CopyError, CopyOptions, Progress};
+use super::manifest::{BackupId, BackupKind, BackupStats, Manifest, MANIFEST_FORMAT};
+use super::scan::scan_pgdata;
+use crate::cluster::ClusterIdentity;
+use crate::repo::{RepoError, Repository};
+use crate::storage::PutMode;
+use crate::wal::{Lsn, TimelineId, WalFileName};
+
+pub struct StopInfo {
+    pub lsn: Lsn,
+    pub backup_label: String,
+    pub tablespace_map: Option<String>,
+}
+
+/// The server half of a non-exclusive base backup. Both calls come from the same session.
+pub trait BackupSession {
+    /// `pg_backup_start(label, fast => true)`; returns the start LSN.
+    fn start(&mut self, label: &str) -> Result<Lsn, String>;
+    /// `pg_backup_stop(wait_for_archive => true)`.
+    fn stop(&mut self) -> Result<StopInfo, String>;
+    /// The next transaction id (`pg_current_snapshot()`'s xmax) after the stop.
+    fn next_xid(&mut self) -> Result<u64, String>;
+}
+
+/// What the backup is doing, for `backup.progress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Copying,
+    Stopping,
+    WaitingForWal,
+    WritingManifest,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Copying => "copying",
+            Phase::Stopping => "stopping",
+            Phase::WaitingForWal => "waiting for WAL",
+            Phase::WritingManifest => "writing manifest",
+        }
+    }
+}
+
+pub struct BackupOptions {
+    pub workers: usize,
+    pub verify_checksums: bool,
+    /// How long to wait, after `pg_backup_stop`, for the last WAL segment to reach the repository.
+    pub wal_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("data directory {pgdata} belongs to database system {cluster}, but the repository is for {repo}")]
+    WrongCluster { pgdata: String, cluster: String, repo: String },
+    #[error("server refused: {0}")]
+    Server(String),
+    #[error("backup cancelled")]
+    Cancelled,
+    #[error("WAL segment {segment} needed to make the backup consistent did not reach the repository within {seconds} s; check archive_command (pg_stat_archiver)")]
+    WalNotArchived { segment: String, seconds: u64 },
+    #[error("cannot read the data directory: {0}")]
+    Scan(std::io::Error),
+    #[error(transparent)]
+    Copy(CopyError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+}
+
+impl From<CopyError> for BackupError {
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::Cancelled => BackupError::Cancelled,
+            other => BackupError::Copy(other),
+        }
+    }
+}
+
+/// Take a full backup of the cluster at `pgdata` into `repo` as backup `id`.
+///
+/// `tick(phase)` runs on this thread several times a second; returning `false` cancels. A
+/// cancelled or failed backup leaves data objects but no manifest: it never lists as restorable.
+pub fn run_full_backup(
+    repo: &Repository,
+    pgdata: &Path,
+    session: &mut dyn BackupSession,
+    id: &BackupId,
+    opts: &BackupOptions,
+    progress: &Progress,
+    tick: &mut dyn FnMut(Phase) -> bool,
+) -> Result<Manifest, BackupError> {
+    let began = Instant::now();
+    let cluster = ClusterIdentity::from_pgdata(pgdata)?;
+    if cluster.system_id != repo.info.system_identifier {
+        return Err(BackupError::WrongCluster {
+            pgdata: pgdata.display().to_string(),
+            cluster: cluster.system_id.to_string(),
+            repo: repo.info.system_identifier.to_string(),
+        });
+    }
+    if !tick(Phase::Starting) {
+        return Err(BackupError::Cancelled);
+    }
+    let start_time = chrono::Utc::now();
+    let start_lsn = session.start(id.as_str()).map_err(BackupError::Server)?;
+    let scan = scan_pgdata(pgdata).map_err(BackupError::Scan)?;
+    let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums };
+    let copied = copy_files(repo, id, scan.files, &copy_opts, progress, &mut || tick(Phase::Copying))?;
+
+    if !tick(Phase::Stopping) {
+        return Err(BackupError::Cancelled);
+    }
+    let stop = session.stop().map_err(BackupError::Server)?;
+    let stop_time = chrono::Utc::now();
+    let next_xid = session.next_xid().ok();
+    let timeline = parse_start_timeline(&stop.backup_label).unwrap_or(TimelineId(1));
+    let seg = repo.info.wal_segment_size;
+    let start_wal = Manifest::wal_name(timeline, start_lsn, seg, false);
+    let stop_wal = Manifest::wal_name(timeline, stop.lsn, seg, true);
+
+    // pg_backup_stop waited for the server's archiver; make sure it archived into *this*
+    // repository, or the backup could never be made consistent from it.
+    let stop_key = WalFileName::parse(&stop_wal).expect("generated name").object_key();
+    let waited = Instant::now();
+    while !repo.storage().exists(&stop_key).map_err(RepoError::from)? {
+        if waited.elapsed() > opts.wal_timeout {
+            return Err(BackupError::WalNotArchived { segment: stop_wal, seconds: opts.wal_timeout.as_secs() });
+        }
+        if !tick(Phase::WaitingForWal) {
+            return Err(BackupError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    if !tick(Phase::WritingManifest) {
+        return Err(BackupError::Cancelled);
+    }
+    let files = copied.files;
+    let stats = BackupStats {
+        files: files.len() as u64,
+        bytes: files.iter().map(|f| f.size).sum(),
+        stored_bytes: files.iter().map(|f| f.stored_size).sum(),
+        objects: copied.objects,
+        duration_ms: began.elapsed().as_millis() as u64,
+    };
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.clone(),
+        kind: BackupKind::Full,
+        parent: None,
+        system_identifier: repo.info.system_identifier,
+        pg_version: repo.info.pg_version,
+        timeline,
+        start_lsn,
+        stop_lsn: stop.lsn,
+        start_wal,
+        stop_wal,
+        start_time,
+        stop_time,
+        stop_next_xid: next_xid,
+        label: id.to_string(),
+        backup_label: stop.backup_label,
+        tablespace_map: stop.tablespace_map.filter(|m| !m.is_empty()),
+        tablespaces: scan.tablespaces,
+        directories: scan.directories,
+        files,
+        page_checksum_failures: copied.page_failures,
+        stats,
+    };
+    repo.write_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// `START TIMELINE: 1` in the backup_label text.
+fn parse_start_timeline(label: &str) -> Option<TimelineId> {
+    label.lines().find_map(|l| l.strip_prefix("START TIMELINE:")).and_then(|v| v.trim().parse().ok()).map(TimelineId)
+}
+
+impl Repository {
+    /// The manifest goes last and only once: it is what makes the backup exist.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), RepoError> {
+        let json = serde_json::to_vec(manifest).expect("serializable");
+        let key = manifest.id.manifest_key();
+        match self.put_object(&key, &mut &json[..], PutMode::IfAbsent)? {
+            Some(_) => Ok(()),
+            None => Err(RepoError::BackupExists(manifest.id.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_from_backup_label() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2024-01-15 14:30:00 UTC\nLABEL: x\nSTART TIMELINE: 3\n";
+        assert_eq!(parse_start_timeline(label), Some(TimelineId(3)));
+        assert_eq!(parse_start_timeline("garbage"), None);
+    }
+}

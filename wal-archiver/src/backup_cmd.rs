@@ -1,0 +1,209 @@
+//! `backup`, `restore`, `list`, `verify`: base backups from the command line. The extension
+//! runs the same engine from a background worker; here the server is a client connection.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use backup_core::backup::catalog::RecoveryTarget;
+use backup_core::backup::copy::Progress;
+use backup_core::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
+use backup_core::backup::run::{run_full_backup, BackupOptions, BackupSession, StopInfo};
+use backup_core::backup::{BackupId, Manifest};
+use backup_core::config::Config;
+use backup_core::repo::Repository;
+use backup_core::wal::Lsn;
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+use crate::{human_bytes, Output};
+
+/// pg_backup_start/stop over one client connection.
+struct ClientSession(postgres::Client);
+
+impl BackupSession for ClientSession {
+    fn start(&mut self, label: &str) -> Result<Lsn, String> {
+        let row = self.0.query_one("SELECT pg_backup_start($1, true)::text", &[&label]).map_err(|e| e.to_string())?;
+        row.get::<_, String>(0).parse().map_err(|e: backup_core::wal::WalError| e.to_string())
+    }
+    fn stop(&mut self) -> Result<StopInfo, String> {
+        let row = self.0.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)", &[]).map_err(|e| e.to_string())?;
+        let lsn: String = row.get(0);
+        Ok(StopInfo { lsn: lsn.parse().map_err(|e: backup_core::wal::WalError| e.to_string())?, backup_label: row.get(1), tablespace_map: row.get(2) })
+    }
+    fn next_xid(&mut self) -> Result<u64, String> {
+        let row = self.0.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[]).map_err(|e| e.to_string())?;
+        row.get::<_, String>(0).parse().map_err(|e: std::num::ParseIntError| e.to_string())
+    }
+}
+
+pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) -> Result<ExitCode> {
+    let repo = Repository::open(config)?;
+    let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
+    let mut session = ClientSession(client);
+    let id = BackupId::at(Utc::now());
+    let progress = Progress::default();
+    let opts = BackupOptions { workers, verify_checksums: true, wal_timeout: Duration::from_secs(300) };
+    let manifest = run_full_backup(&repo, pgdata, &mut session, &id, &opts, &progress, &mut |_| true)?;
+    report_page_failures(&manifest);
+    println!(
+        "{}: {} files, {} -> {} stored, LSN {} .. {}",
+        manifest.id,
+        manifest.stats.files,
+        human_bytes(manifest.stats.bytes),
+        human_bytes(manifest.stats.stored_bytes),
+        manifest.start_lsn,
+        manifest.stop_lsn
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_page_failures(m: &Manifest) {
+    for f in m.page_checksum_failures.iter().take(20) {
+        eprintln!("wal-archiver: WARNING: page checksum failure in {} block {} (expected {}, found {})", f.path, f.block, f.expected, f.found);
+    }
+}
+
+/// Which backup and target `restore` was asked for.
+pub struct RestoreRequest<'a> {
+    pub backup_id: Option<&'a str>,
+    pub latest: bool,
+    pub target_time: Option<&'a str>,
+    pub target_lsn: Option<&'a str>,
+    pub target_xid: Option<&'a str>,
+    pub target_name: Option<&'a str>,
+    pub target_immediate: bool,
+    pub action: TargetAction,
+    pub workers: usize,
+}
+
+impl RestoreRequest<'_> {
+    fn target(&self) -> Result<RecoveryTarget> {
+        let given = [self.target_time.is_some(), self.target_lsn.is_some(), self.target_xid.is_some(), self.target_name.is_some(), self.target_immediate, self.latest];
+        if given.iter().filter(|g| **g).count() > 1 {
+            bail!("give at most one of --latest, --target-time, --target-lsn, --target-xid, --target-name, --target immediate");
+        }
+        Ok(if let Some(t) = self.target_time {
+            RecoveryTarget::Time { text: t.to_string(), at: parse_timestamp(t)? }
+        } else if let Some(l) = self.target_lsn {
+            RecoveryTarget::Lsn(l.parse()?)
+        } else if let Some(x) = self.target_xid {
+            RecoveryTarget::Xid(x.parse().map_err(|_| anyhow!("--target-xid {x:?} is not a transaction id (a whole number)"))?)
+        } else if let Some(n) = self.target_name {
+            RecoveryTarget::Name(n.to_string())
+        } else if self.target_immediate {
+            RecoveryTarget::Immediate
+        } else {
+            RecoveryTarget::Latest
+        })
+    }
+}
+
+/// Timestamps with an explicit zone, in the forms DBAs type: `2024-01-15 14:30:00+00`,
+/// `2024-01-15T14:30:00Z`, `2024-01-15 14:30:00.123 UTC`. Without a zone the moment would
+/// depend on whose clock reads it, so it is refused.
+pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
+    let t = s.trim();
+    if let Ok(d) = DateTime::parse_from_rfc3339(t) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f %#z"] {
+        if let Ok(d) = DateTime::parse_from_str(t, fmt) {
+            return Ok(d.with_timezone(&Utc));
+        }
+    }
+    for suffix in [" UTC", " GMT", "Z"] {
+        if let Some(naive) = t.strip_suffix(suffix) {
+            if let Ok(d) = NaiveDateTime::parse_from_str(naive.trim_end(), "%Y-%m-%d %H:%M:%S%.f") {
+                return Ok(d.and_utc());
+            }
+        }
+    }
+    if NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M:%S%.f").is_ok() {
+        bail!("timestamp {s:?} has no time zone; add one, e.g. '{t}+00' or '{t} UTC'");
+    }
+    bail!("{s:?} is not a timestamp; use the form '2024-01-15 14:30:00+00'")
+}
+
+pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: &RestoreRequest) -> Result<ExitCode> {
+    let target = req.target()?;
+    let repo = Repository::open(config)?;
+    let manifest = match req.backup_id {
+        Some(id) => repo.read_manifest(&id.parse()?)?,
+        None => repo.find_backup(&target)?,
+    };
+    let exe = std::env::current_exe().context("locating wal-archiver")?;
+    let restore_command = match config_path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf())) {
+        Some(c) => format!("{} --config {} fetch %f %p", exe.display(), c.display()),
+        None => format!("{} fetch %f %p", exe.display()),
+    };
+    let opts = RestoreOptions { workers: req.workers, target, action: req.action, restore_command };
+    let progress = RestoreProgress::default();
+    eprintln!("wal-archiver: restoring {} ({} files, {}) into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
+    restore_backup(&repo, &manifest, pgdata, &opts, &progress)?;
+    println!(
+        "restored {} into {}: {} of {} bytes; start the server to recover{}",
+        manifest.id,
+        pgdata.display(),
+        progress.bytes_done.load(Ordering::Relaxed),
+        progress.bytes_total.load(Ordering::Relaxed),
+        match &opts.target {
+            RecoveryTarget::Latest => " to the end of the archive".to_string(),
+            t => format!(" to {t:?}, then {}", opts.action.as_str()),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
+    let repo = Repository::open(config)?;
+    let backups = repo.list_backups()?;
+    if output == Output::Json {
+        let rows: Vec<_> = backups.iter().map(summary_json).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "backups": rows }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<24} {:<5} {:<20} {:<20} {:>10} {:>10}", "id", "type", "started (UTC)", "LSN range", "size", "stored");
+    for m in &backups {
+        println!(
+            "{:<24} {:<5} {:<20} {:<20} {:>10} {:>10}",
+            m.id.as_str(),
+            m.kind.to_string(),
+            m.start_time.format("%Y-%m-%d %H:%M:%S").to_string(),
+            format!("{}..{}", m.start_lsn, m.stop_lsn),
+            human_bytes(m.stats.bytes),
+            human_bytes(m.stats.stored_bytes)
+        );
+    }
+    let incomplete = repo.list_incomplete()?;
+    if !incomplete.is_empty() {
+        println!("incomplete (no manifest, not restorable): {}", incomplete.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn summary_json(m: &Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "type": m.kind, "timeline": m.timeline,
+        "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal, "stop_wal": m.stop_wal,
+        "start_time": m.start_time, "stop_time": m.stop_time, "stop_next_xid": m.stop_next_xid,
+        "files": m.stats.files, "bytes": m.stats.bytes, "stored_bytes": m.stats.stored_bytes,
+        "duration_ms": m.stats.duration_ms, "page_checksum_failures": m.page_checksum_failures.len(),
+    })
+}
+
+pub fn verify(config: &Config, id: &str, output: Output) -> Result<ExitCode> {
+    let repo = Repository::open(config)?;
+    let report = repo.verify_backup(&id.parse()?)?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}: {} files in {} objects, {} WAL segments checked", report.backup, report.files_checked, report.objects_checked, report.wal_checked);
+        for p in &report.problems {
+            println!("PROBLEM  {p}");
+        }
+        println!("{}", if report.problems.is_empty() { "backup is intact" } else { "backup is NOT restorable as is" });
+    }
+    Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,3 +1,82 @@
 -- Runs first in CREATE EXTENSION pg_backup_ext, before the functions pgrx generates.
 -- The control file names schema "backup"; PostgreSQL creates it if needed.
 COMMENT ON SCHEMA backup IS 'pg_backup_ext: backups and point-in-time recovery, driven from SQL';
+
+-- The catalog mirrors the repository for fast queries; the repository stays the truth
+-- (backup.resync() rebuilds this table from it). Only background workers write rows.
+CREATE TABLE backup.backups (
+    id             text PRIMARY KEY CHECK (id ~ '^backup_\d{8}_\d{6}$'),
+    type           text NOT NULL DEFAULT 'full' CHECK (type IN ('full', 'incremental')),
+    status         text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+    start_lsn      pg_lsn,
+    stop_lsn       pg_lsn,
+    timeline       int,
+    start_time     timestamptz,
+    stop_time      timestamptz,
+    size_bytes     bigint,
+    stored_bytes   bigint,
+    file_count     bigint,
+    duration       interval,
+    error          text,
+    page_checksum_failures int NOT NULL DEFAULT 0,
+    -- live progress of a running backup
+    worker_pid     int,
+    phase          text,
+    bytes_done     bigint,
+    bytes_total    bigint,
+    progress_at    timestamptz
+);
+COMMENT ON TABLE backup.backups IS 'Backups known to pg_backup_ext; rebuilt from the repository by backup.resync()';
+
+CREATE TABLE backup.events (
+    id         bigserial PRIMARY KEY,
+    at         timestamptz NOT NULL DEFAULT now(),
+    backup_id  text,
+    level      text NOT NULL CHECK (level IN ('info', 'warning', 'error')),
+    message    text NOT NULL
+);
+COMMENT ON TABLE backup.events IS 'Job log: what the backup workers did and what went wrong';
+
+-- Keep the catalog in pg_dump output.
+SELECT pg_catalog.pg_extension_config_dump('backup.backups', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
+
+-- A worker that died (kill -9, crash restart, server stop) cannot mark its own row: whoever
+-- looks next does, so a dead backup never shows as running, let alone completed.
+CREATE FUNCTION backup.reap_stale() RETURNS int LANGUAGE sql AS $$
+    WITH dead AS (
+        UPDATE backup.backups b
+           SET status = 'failed', phase = NULL, stop_time = coalesce(b.progress_at, now()),
+               error = coalesce(b.error, 'the backup worker ended without finishing (killed, crashed, or the server stopped)')
+         WHERE b.status IN ('queued', 'running')
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                            WHERE a.pid = b.worker_pid AND a.backend_type = 'pg_backup_ext backup')
+        RETURNING b.id)
+    SELECT count(*)::int FROM dead
+$$;
+
+CREATE FUNCTION backup.list()
+RETURNS TABLE (id text, type text, status text, start_lsn pg_lsn, stop_lsn pg_lsn, timeline int,
+               start_time timestamptz, stop_time timestamptz, size_bytes bigint, stored_bytes bigint,
+               file_count bigint, duration interval, error text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_is_in_recovery() THEN
+        PERFORM backup.reap_stale();
+    END IF;
+    RETURN QUERY
+        SELECT b.id, b.type, b.status, b.start_lsn, b.stop_lsn, b.timeline, b.start_time, b.stop_time,
+               b.size_bytes, b.stored_bytes, b.file_count, b.duration, b.error
+          FROM backup.backups b ORDER BY b.id;
+END
+$$;
+COMMENT ON FUNCTION backup.list() IS 'Backups, newest last; running ones show their status live';
+
+CREATE VIEW backup.progress AS
+SELECT b.id, b.phase, b.bytes_done, b.bytes_total,
+       CASE WHEN b.bytes_total > 0 THEN round(100.0 * b.bytes_done / b.bytes_total, 1) END AS percent,
+       CASE WHEN b.progress_at > b.start_time
+            THEN (b.bytes_done / extract(epoch FROM b.progress_at - b.start_time))::bigint END AS rate_bytes_per_sec,
+       b.worker_pid, b.start_time, b.progress_at AS updated_at
+  FROM backup.backups b
+ WHERE b.status = 'running';

@@ -1,0 +1,58 @@
+//! `backup.*` settings. The repository, keys and codec settings come from the configuration file
+//! shared with `wal-archiver` (so archive_command and the extension can never disagree); the
+//! GUCs say where that file is and how the server-side work runs. All reload on SIGHUP.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+pub static CONFIG_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static WAL_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static VERIFY_CHECKSUMS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"backup.config_file",
+        c"Configuration file shared with wal-archiver (repository, keys, compression).",
+        c"Empty: $BACKUP_CONFIG of the server's environment, else /etc/pg_backup_ext/pg_backup_ext.conf.",
+        &CONFIG_FILE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup.workers",
+        c"Threads copying files during a backup.",
+        c"Compression is the bound: one per core is a good start.",
+        &WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup.wal_timeout",
+        c"Seconds a backup waits for its last WAL segment to reach the repository.",
+        c"",
+        &WAL_TIMEOUT_S,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_bool_guc(
+        c"backup.verify_checksums",
+        c"Verify data page checksums while backing up.",
+        c"",
+        &VERIFY_CHECKSUMS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+/// The configuration file named by `backup.config_file`, read now (never cached: a reload may
+/// have changed it).
+pub fn load_config() -> Result<backup_core::config::Config, backup_core::config::ConfigError> {
+    let path = CONFIG_FILE.get().map(|c| std::path::PathBuf::from(c.to_string_lossy().into_owned()));
+    backup_core::config::Config::load(path.as_deref())
+}

@@ -1,0 +1,12 @@
+-- Runs last in CREATE EXTENSION pg_backup_ext: SQL wrappers over the Rust functions.
+
+CREATE FUNCTION backup.find(target timestamptz) RETURNS text LANGUAGE sql VOLATILE AS $$
+    SELECT backup.find_at(to_char(target AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+$$;
+COMMENT ON FUNCTION backup.find(timestamptz) IS 'The backup to restore from to reach this moment';
+
+CREATE FUNCTION backup.create_restore_point(name text) RETURNS pg_lsn LANGUAGE sql VOLATILE AS $$
+    SELECT backup.record_restore_point(name, pg_create_restore_point(name)::text)::pg_lsn
+$$;
+COMMENT ON FUNCTION backup.create_restore_point(text) IS
+    'pg_create_restore_point, also recorded in the repository so that restore --target-name picks the right backup';

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, end to end, on throwaway clusters: set up a cluster with the extension and
-# encrypted WAL archiving, load data, take a base backup, make a mistake, and restore to the
-# moment before it into a second data directory, then start that copy and show the data.
+# encrypted WAL archiving, load data, take a full backup from SQL, make a mistake, and restore
+# to the moment before it into a second data directory, then start that copy and show the data.
 #
 # Run by `make demo` after `make install`. Everything lives under $DEMO_DIR (default
 # /tmp/pg_backup_ext_demo) and runs as the OS user postgres, as a real server would.
@@ -49,6 +49,7 @@ port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$DEMO_DIR'
 shared_preload_libraries = 'pg_backup_ext'
+backup.config_file = '$DEMO_DIR/pg_backup_ext.conf'
 wal_level = replica
 archive_mode = on
 archive_command = '$ARCHIVER --config $DEMO_DIR/pg_backup_ext.conf push %p'
@@ -64,8 +65,20 @@ say "Sample data: 100,000 orders"
 psql_at "$PORT" -c "CREATE TABLE orders (id int PRIMARY KEY, customer text, amount numeric(10,2), placed timestamptz DEFAULT now())" \
     -c "INSERT INTO orders (id, customer, amount) SELECT g, 'customer-' || (g % 977), (g % 500) + 0.99 FROM generate_series(1, 100000) g"
 
-say "Base backup"
-pg "$PGBIN/pg_basebackup" -h "$DEMO_DIR" -p "$PORT" -U postgres -X none -c fast -D "$DEMO_DIR/base"
+say "Full backup from SQL: SELECT backup.start_full()"
+BACKUP_ID=$(psql_at "$PORT" -At -c "SELECT backup.start_full()")
+echo "started $BACKUP_ID"
+while :; do
+    row=$(psql_at "$PORT" -At -F ' ' -c "SELECT coalesce(round(percent)::int, 0), replace(phase, ' ', '_'), coalesce(rate_bytes_per_sec, 0) FROM backup.progress WHERE id = '$BACKUP_ID'")
+    [ -z "$row" ] && break
+    read -r pct phase rate <<<"$row"
+    bar=$(printf '%*s' $((pct / 5)) '' | tr ' ' '#')
+    printf '\r  [%-20s] %3s%%  %-18s %5s MB/s' "$bar" "$pct" "$phase" "$((rate / 1048576))"
+    sleep 0.3
+done
+echo
+psql_at "$PORT" -c "SELECT id, status, start_lsn, stop_lsn, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, file_count, duration, error FROM backup.list()"
+psql_at "$PORT" -At -c "SELECT CASE WHEN (backup.verify('$BACKUP_ID')->>'ok')::bool THEN 'verify: every object authenticated and checksummed, WAL range archived' ELSE 'verify FAILED' END"
 
 say "More business after the backup: 5,000 new orders"
 psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'customer-' || (g % 977), 42.00 FROM generate_series(100001, 105000) g"
@@ -87,17 +100,13 @@ done
 
 say "The repository"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" info
+pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" list
+echo "backup.find('$GOOD_TIME') = $(psql_at "$PORT" -At -c "SELECT backup.find('$GOOD_TIME')")"
 
 say "Point-in-time restore to $GOOD_TIME into $DEMO_DIR/restored"
-pg cp -a "$DEMO_DIR/base" "$DEMO_DIR/restored"
-cat >> "$DEMO_DIR/restored/postgresql.conf" <<EOF
-port = $RESTORE_PORT
-archive_mode = off
-restore_command = '$ARCHIVER --config $DEMO_DIR/pg_backup_ext.conf fetch %f %p'
-recovery_target_time = '$GOOD_TIME'
-recovery_target_action = 'promote'
-EOF
-pg touch "$DEMO_DIR/restored/recovery.signal"
+pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" restore --pgdata "$DEMO_DIR/restored" \
+    --target-time "$GOOD_TIME" --target-action promote --archive-mode off
+echo "port = $RESTORE_PORT" | pg tee -a "$DEMO_DIR/restored/postgresql.auto.conf" >/dev/null
 pg "$PGBIN/pg_ctl" -D "$DEMO_DIR/restored" -l "$DEMO_DIR/restored.log" -w -t 300 start >/dev/null
 for _ in $(seq 1 300); do
     [ "$(psql_at "$RESTORE_PORT" -At -c "SELECT pg_is_in_recovery()" 2>/dev/null)" = f ] && break

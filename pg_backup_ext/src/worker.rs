@@ -163,6 +163,7 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     let progress = Progress::default();
     let mut last_report = Instant::now() - Duration::from_secs(10);
     let mut terminated = false;
+    let mut last_phase = None;
     let mut tick = |phase: Phase| -> bool {
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread; this is how a worker applies a configuration reload.
@@ -173,8 +174,9 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
         if terminated {
             return false;
         }
-        if last_report.elapsed() >= Duration::from_millis(500) {
+        if last_report.elapsed() >= Duration::from_millis(500) || last_phase != Some(phase) {
             last_report = Instant::now();
+            last_phase = Some(phase);
             let done = progress.bytes_done.load(Ordering::Relaxed) as i64;
             let total = progress.bytes_total.load(Ordering::Relaxed) as i64;
             let _ = try_tx(|| {

@@ -76,6 +76,7 @@ pub struct RestoreRequest<'a> {
     pub target_immediate: bool,
     pub action: TargetAction,
     pub workers: usize,
+    pub archive_off: bool,
 }
 
 impl RestoreRequest<'_> {
@@ -138,7 +139,7 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
         Some(c) => format!("{} --config {} fetch %f %p", exe.display(), c.display()),
         None => format!("{} fetch %f %p", exe.display()),
     };
-    let opts = RestoreOptions { workers: req.workers, target, action: req.action, restore_command };
+    let opts = RestoreOptions { workers: req.workers, target, action: req.action, restore_command, archive_off: req.archive_off };
     let progress = RestoreProgress::default();
     eprintln!("wal-archiver: restoring {} ({} files, {}) into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
     restore_backup(&repo, &manifest, pgdata, &opts, &progress)?;

@@ -116,6 +116,10 @@ enum Verb {
         target_action: Action,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// 'off' stops the restored server from archiving (a copy beside its source must not
+        /// push a new timeline into the source's repository); 'preserve' keeps the backup's setting
+        #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve)]
+        archive_mode: ArchiveMode,
     },
     /// List completed backups
     List {
@@ -136,6 +140,12 @@ enum Verb {
         #[arg(long)]
         verify: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum ArchiveMode {
+    Off,
+    Preserve,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -168,7 +178,7 @@ fn main() -> ExitCode {
         Verb::Backup { pgdata, dbname, workers } => {
             load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers))
         }
-        Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers } => {
+        Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode } => {
             let req = backup_cmd::RestoreRequest {
                 backup_id: backup_id.as_deref(),
                 latest,
@@ -183,6 +193,7 @@ fn main() -> ExitCode {
                     Action::Shutdown => TargetAction::Shutdown,
                 },
                 workers,
+                archive_off: archive_mode == ArchiveMode::Off,
             };
             load_config(config_path).and_then(|c| backup_cmd::restore(&c, config_path, &pgdata, &req))
         }

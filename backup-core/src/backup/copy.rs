@@ -66,6 +66,18 @@ pub enum CopyError {
     Repo(#[from] RepoError),
 }
 
+/// The error a source read returns once the copy is cancelled.
+#[derive(Debug)]
+struct CancelMarker;
+
+impl std::fmt::Display for CancelMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("backup cancelled")
+    }
+}
+
+impl std::error::Error for CancelMarker {}
+
 /// Copy `files` into `backup/<id>/data/`. `tick` runs on the calling thread about five times a
 /// second; returning `false` cancels the copy.
 pub fn copy_files(
@@ -236,7 +248,7 @@ impl<'a> Worker<'a> {
 
     fn map_codec(&self, e: codec::CodecError, key: &str, rel: &str) -> CopyError {
         match e {
-            codec::CodecError::Io(io) if io.kind() == io::ErrorKind::Interrupted && self.cancel.load(Ordering::Relaxed) => CopyError::Cancelled,
+            codec::CodecError::Io(io) if io.get_ref().is_some_and(|e| e.is::<CancelMarker>()) => CopyError::Cancelled,
             codec::CodecError::Io(io) if io.kind() == io::ErrorKind::Other && io.to_string().starts_with("reading ") => {
                 CopyError::Read { path: rel.to_string(), cause: io }
             }
@@ -277,7 +289,8 @@ struct SourceReader<'a> {
 impl SourceReader<'_> {
     fn fill(&mut self) -> io::Result<()> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "backup cancelled"));
+            // Not ErrorKind::Interrupted: readers retry that (it means EINTR).
+            return Err(io::Error::other(CancelMarker));
         }
         self.buf.resize(READ_CHUNK, 0);
         let mut n = 0;
@@ -338,5 +351,57 @@ impl Read for SourceReader<'_> {
         out[..n].copy_from_slice(&self.buf[self.served..self.served + n]);
         self.served += n;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ClusterIdentity;
+    use crate::codec::Compression;
+    use crate::repo::Encryption;
+    use crate::storage::LocalStorage;
+    use crate::wal::SystemId;
+
+    fn repo(dir: &std::path::Path) -> Repository {
+        let storage = LocalStorage::new(dir.join("repo"));
+        let cluster = ClusterIdentity { system_id: SystemId(1), pg_version: 15, wal_segment_size: 16 << 20 };
+        Repository::init(&storage, &cluster, Encryption::None).unwrap();
+        Repository::open_with(Box::new(storage), None, Compression::Zstd { level: 1 }).unwrap()
+    }
+
+    fn source(dir: &std::path::Path, name: &str, size: usize) -> SourceFile {
+        let abs = dir.join(name);
+        std::fs::write(&abs, (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
+        SourceFile { rel: name.to_string(), abs, size: size as u64, mode: 0o600, mtime: 0, first_block: None }
+    }
+
+    #[test]
+    fn small_files_share_bundles_and_large_ones_get_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let files = vec![source(dir.path(), "a", 100), source(dir.path(), "b", 5000), source(dir.path(), "big", 5 << 20)];
+        let opts = CopyOptions { workers: 1, start_lsn: Lsn(0), verify_checksums: false };
+        let id: BackupId = "backup_20240115_143000".parse().unwrap();
+        let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || true).unwrap();
+        assert_eq!(r.objects, 2, "one bundle for a+b, one object for big");
+        let a = r.files.iter().find(|f| f.path == "a").unwrap();
+        let b = r.files.iter().find(|f| f.path == "b").unwrap();
+        assert_eq!(a.object, b.object);
+        let mut out = Vec::new();
+        repo.decode_file(b, &mut out).unwrap();
+        assert_eq!(out.len(), 5000);
+    }
+
+    #[test]
+    fn cancelling_stops_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let files = (0..4).map(|i| source(dir.path(), &format!("f{i}"), 8 << 20)).collect();
+        let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false };
+        let id: BackupId = "backup_20240115_143000".parse().unwrap();
+        let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || false);
+        assert!(matches!(r, Err(CopyError::Cancelled)), "{r:?}");
+        assert!(repo.storage().list("backup/").unwrap().len() < 4, "a cancelled copy went on to the end");
     }
 }

@@ -37,6 +37,9 @@ pub struct RestoreOptions {
     pub action: TargetAction,
     /// Written as `restore_command` (e.g. `wal-archiver --config … fetch %f %p`).
     pub restore_command: String,
+    /// Write `archive_mode = off`: a copy restored beside its source must not archive a new
+    /// timeline into the source's repository. In-place disaster recovery keeps archiving.
+    pub archive_off: bool,
 }
 
 #[derive(Debug, Default)]
@@ -186,6 +189,9 @@ fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &RestoreOpt
         RecoveryTarget::Xid(xid) => Some(("recovery_target_xid", xid.to_string())),
         RecoveryTarget::Name(name) => Some(("recovery_target_name", name.clone())),
     };
+    if opts.archive_off {
+        conf.push_str("archive_mode = 'off'\n");
+    }
     if let Some((setting, value)) = target {
         conf.push_str(&format!("{setting} = {}\nrecovery_target_action = {}\n", conf_quote(&value), conf_quote(opts.action.as_str())));
     }

@@ -77,6 +77,8 @@ pub struct RestoreRequest<'a> {
     pub action: TargetAction,
     pub workers: usize,
     pub archive_off: bool,
+    pub tablespace_map: &'a [String],
+    pub target_timeline: Option<&'a str>,
 }
 
 impl RestoreRequest<'_> {
@@ -139,7 +141,26 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
         Some(c) => format!("{} --config {} fetch %f %p", exe.display(), c.display()),
         None => format!("{} fetch %f %p", exe.display()),
     };
-    let opts = RestoreOptions { workers: req.workers, target, action: req.action, restore_command, archive_off: req.archive_off };
+    let mut tablespace_map = std::collections::BTreeMap::new();
+    for m in req.tablespace_map {
+        let (oid, dir) = m.split_once('=').ok_or_else(|| anyhow!("--tablespace-map {m:?}: expected OID=DIRECTORY"))?;
+        let oid: u32 = oid.parse().map_err(|_| anyhow!("--tablespace-map {m:?}: {oid:?} is not a tablespace OID"))?;
+        tablespace_map.insert(oid, std::path::PathBuf::from(dir));
+    }
+    if let Some(tl) = req.target_timeline {
+        if !(tl == "current" || tl == "latest" || tl.parse::<u32>().is_ok_and(|n| n > 0)) {
+            bail!("--target-timeline {tl:?}: expected current, latest or a timeline number");
+        }
+    }
+    let opts = RestoreOptions {
+        workers: req.workers,
+        target,
+        action: req.action,
+        restore_command,
+        archive_off: req.archive_off,
+        tablespace_map,
+        target_timeline: req.target_timeline.map(str::to_string),
+    };
     let progress = RestoreProgress::default();
     eprintln!("wal-archiver: restoring {} ({} files, {}) into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
     restore_backup(&repo, &manifest, pgdata, &opts, &progress)?;

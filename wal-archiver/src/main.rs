@@ -89,7 +89,6 @@ enum Verb {
         workers: usize,
     },
     /// Restore a backup into an empty data directory, set up to recover to a target
-    #[command(group(clap::ArgGroup::new("target_choice").args(["backup_id", "latest", "target_time", "target_lsn", "target_xid", "target_name", "target"])))]
     Restore {
         #[arg(long, value_name = "DATADIR")]
         pgdata: PathBuf,
@@ -120,6 +119,12 @@ enum Verb {
         /// push a new timeline into the source's repository); 'preserve' keeps the backup's setting
         #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve)]
         archive_mode: ArchiveMode,
+        /// Restore tablespace OID into DIRECTORY instead of its original location (repeatable)
+        #[arg(long, value_name = "OID=DIRECTORY")]
+        tablespace_map: Vec<String>,
+        /// Timeline to recover along: current (the backup's), latest (PostgreSQL's default), or a number
+        #[arg(long, value_name = "TIMELINE")]
+        target_timeline: Option<String>,
     },
     /// List completed backups
     List {
@@ -178,7 +183,7 @@ fn main() -> ExitCode {
         Verb::Backup { pgdata, dbname, workers } => {
             load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers))
         }
-        Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode } => {
+        Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode, tablespace_map, target_timeline } => {
             let req = backup_cmd::RestoreRequest {
                 backup_id: backup_id.as_deref(),
                 latest,
@@ -194,6 +199,8 @@ fn main() -> ExitCode {
                 },
                 workers,
                 archive_off: archive_mode == ArchiveMode::Off,
+                tablespace_map: &tablespace_map,
+                target_timeline: target_timeline.as_deref(),
             };
             load_config(config_path).and_then(|c| backup_cmd::restore(&c, config_path, &pgdata, &req))
         }

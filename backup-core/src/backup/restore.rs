@@ -40,6 +40,11 @@ pub struct RestoreOptions {
     /// Write `archive_mode = off`: a copy restored beside its source must not archive a new
     /// timeline into the source's repository. In-place disaster recovery keeps archiving.
     pub archive_off: bool,
+    /// New locations for tablespaces, by OID (restoring beside the original, or onto other disks).
+    pub tablespace_map: std::collections::BTreeMap<u32, PathBuf>,
+    /// `recovery_target_timeline` ('current', 'latest' or a number); `None` leaves PostgreSQL's
+    /// default ('latest').
+    pub target_timeline: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +61,8 @@ pub enum RestoreError {
     NotEmpty(String),
     #[error("tablespace {oid} location {path} is not empty; empty it or move it aside first")]
     TablespaceNotEmpty { oid: u32, path: String },
+    #[error("--tablespace-map names tablespace {0}, which is not in this backup")]
+    UnknownTablespace(u32),
     #[error("writing {path}: {cause}")]
     Write { path: String, cause: std::io::Error },
     #[error(transparent)]
@@ -89,18 +96,25 @@ pub fn restore_backup(
     progress: &RestoreProgress,
 ) -> Result<(), RestoreError> {
     check_empty(pgdata)?;
-    for ts in &manifest.tablespaces {
-        if check_empty(Path::new(&ts.location)).is_err() {
-            return Err(RestoreError::TablespaceNotEmpty { oid: ts.oid, path: ts.location.clone() });
+    let locations: Vec<(u32, PathBuf)> = manifest
+        .tablespaces
+        .iter()
+        .map(|ts| (ts.oid, opts.tablespace_map.get(&ts.oid).cloned().unwrap_or_else(|| PathBuf::from(&ts.location))))
+        .collect();
+    if let Some(oid) = opts.tablespace_map.keys().find(|oid| !manifest.tablespaces.iter().any(|t| t.oid == **oid)) {
+        return Err(RestoreError::UnknownTablespace(*oid));
+    }
+    for (oid, location) in &locations {
+        if check_empty(location).is_err() {
+            return Err(RestoreError::TablespaceNotEmpty { oid: *oid, path: location.display().to_string() });
         }
     }
 
     fs::DirBuilder::new().recursive(true).mode(0o700).create(pgdata).map_err(write_err(pgdata))?;
     fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700)).map_err(write_err(pgdata))?;
-    for ts in &manifest.tablespaces {
-        let location = Path::new(&ts.location);
+    for (oid, location) in &locations {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(location).map_err(write_err(location))?;
-        let link = pgdata.join("pg_tblspc").join(ts.oid.to_string());
+        let link = pgdata.join("pg_tblspc").join(oid.to_string());
         fs::create_dir_all(pgdata.join("pg_tblspc")).map_err(write_err(&link))?;
         std::os::unix::fs::symlink(location, &link).map_err(write_err(&link))?;
     }
@@ -116,7 +130,10 @@ pub fn restore_backup(
     restore_files(repo, &manifest.files, pgdata, opts.workers, progress)?;
 
     write_file(&pgdata.join("backup_label"), manifest.backup_label.as_bytes())?;
-    if let Some(map) = &manifest.tablespace_map {
+    // PostgreSQL recreates pg_tblspc links from tablespace_map at recovery start: it must name
+    // the locations we restored into, not the original ones.
+    if manifest.tablespace_map.is_some() || !locations.is_empty() {
+        let map: String = locations.iter().map(|(oid, loc)| format!("{oid} {}\n", loc.display())).collect();
         write_file(&pgdata.join("tablespace_map"), map.as_bytes())?;
     }
     write_recovery_settings(pgdata, manifest, opts)?;
@@ -189,6 +206,9 @@ fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &RestoreOpt
         RecoveryTarget::Xid(xid) => Some(("recovery_target_xid", xid.to_string())),
         RecoveryTarget::Name(name) => Some(("recovery_target_name", name.clone())),
     };
+    if let Some(tl) = &opts.target_timeline {
+        conf.push_str(&format!("recovery_target_timeline = {}\n", conf_quote(tl)));
+    }
     if opts.archive_off {
         conf.push_str("archive_mode = 'off'\n");
     }

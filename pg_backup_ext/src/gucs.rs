@@ -10,6 +10,7 @@ pub static CONFIG_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CStrin
 pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static WAL_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static VERIFY_CHECKSUMS: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static MAX_RATE_KB: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -39,6 +40,16 @@ pub fn init() {
         86400,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"backup.max_rate",
+        c"Most a backup reads from the data directory per second (0: no limit).",
+        c"Like pg_basebackup --max-rate: spares the I/O of a busy server.",
+        &MAX_RATE_KB,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_bool_guc(
         c"backup.verify_checksums",

@@ -158,6 +158,7 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     let opts = BackupOptions {
         workers: gucs::WORKERS.get() as usize,
         verify_checksums: gucs::VERIFY_CHECKSUMS.get(),
+        max_rate: gucs::MAX_RATE_KB.get() as u64 * 1024,
         wal_timeout: Duration::from_secs(gucs::WAL_TIMEOUT_S.get() as u64),
     };
     let progress = Progress::default();

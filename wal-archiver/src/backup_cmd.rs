@@ -44,7 +44,7 @@ pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) ->
     let mut session = ClientSession(client);
     let id = BackupId::at(Utc::now());
     let progress = Progress::default();
-    let opts = BackupOptions { workers, verify_checksums: true, wal_timeout: Duration::from_secs(300) };
+    let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300) };
     let manifest = run_full_backup(&repo, pgdata, &mut session, &id, &opts, &progress, &mut |_| true)?;
     report_page_failures(&manifest);
     println!(

@@ -37,6 +37,8 @@ pub struct CopyOptions {
     /// torn read that WAL replay repairs, not corruption.
     pub start_lsn: Lsn,
     pub verify_checksums: bool,
+    /// Read at most this many bytes per second in all (0: no limit), to spare production I/O.
+    pub max_rate: u64,
 }
 
 /// Counters the copy updates as it goes, readable from any thread.
@@ -94,12 +96,13 @@ pub fn copy_files(
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     let next = AtomicUsize::new(0);
     let cancel = AtomicBool::new(false);
+    let throttle = Throttle { max_rate: opts.max_rate, started: std::time::Instant::now(), read: AtomicU64::new(0) };
     let object_seq = AtomicU64::new(0);
     let result = Mutex::new(CopyResult::default());
     let workers = opts.workers.max(1);
 
     let work = |_worker: usize| {
-            let mut w = Worker { repo, id, opts, progress, cancel: &cancel, object_seq: &object_seq, bundle: None };
+            let mut w = Worker { repo, id, opts, progress, cancel: &cancel, object_seq: &object_seq, bundle: None, throttle: &throttle };
             let outcome = w.run(&files, &next);
             let mut r = result.lock().unwrap();
             match outcome {
@@ -158,6 +161,7 @@ struct Worker<'a> {
     cancel: &'a AtomicBool,
     object_seq: &'a AtomicU64,
     bundle: Option<Bundle<'a>>,
+    throttle: &'a Throttle,
 }
 
 impl<'a> Worker<'a> {
@@ -201,6 +205,7 @@ impl<'a> Worker<'a> {
             failures: &mut out.page_failures,
             progress: self.progress,
             cancel: self.cancel,
+            throttle: self.throttle,
         };
         let params = self.repo_params();
         let own_object = file.size >= OWN_OBJECT_SIZE;
@@ -284,6 +289,28 @@ struct SourceReader<'a> {
     failures: &'a mut Vec<PageFailure>,
     progress: &'a Progress,
     cancel: &'a AtomicBool,
+    throttle: &'a Throttle,
+}
+
+/// Shared read budget of all workers: after each chunk, a worker sleeps until the total read
+/// so far is within `max_rate` of the time elapsed.
+struct Throttle {
+    max_rate: u64,
+    started: std::time::Instant,
+    read: AtomicU64,
+}
+
+impl Throttle {
+    fn account(&self, n: u64, cancel: &AtomicBool) {
+        if self.max_rate == 0 {
+            return;
+        }
+        let total = self.read.fetch_add(n, Ordering::Relaxed) + n;
+        let due = Duration::from_secs_f64(total as f64 / self.max_rate as f64);
+        while self.started.elapsed() < due && !cancel.load(Ordering::Relaxed) {
+            std::thread::sleep((due - self.started.elapsed()).min(Duration::from_millis(50)));
+        }
+    }
 }
 
 impl SourceReader<'_> {
@@ -309,6 +336,7 @@ impl SourceReader<'_> {
         }
         self.pos += n as u64;
         self.progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
+        self.throttle.account(n as u64, self.cancel);
         Ok(())
     }
 
@@ -381,7 +409,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path());
         let files = vec![source(dir.path(), "a", 100), source(dir.path(), "b", 5000), source(dir.path(), "big", 5 << 20)];
-        let opts = CopyOptions { workers: 1, start_lsn: Lsn(0), verify_checksums: false };
+        let opts = CopyOptions { workers: 1, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
         let id: BackupId = "backup_20240115_143000".parse().unwrap();
         let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || true).unwrap();
         assert_eq!(r.objects, 2, "one bundle for a+b, one object for big");
@@ -398,7 +426,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path());
         let files = (0..4).map(|i| source(dir.path(), &format!("f{i}"), 8 << 20)).collect();
-        let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false };
+        let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
         let id: BackupId = "backup_20240115_143000".parse().unwrap();
         let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || false);
         assert!(matches!(r, Err(CopyError::Cancelled)), "{r:?}");

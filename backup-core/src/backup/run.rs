@@ -56,6 +56,8 @@ impl Phase {
 pub struct BackupOptions {
     pub workers: usize,
     pub verify_checksums: bool,
+    /// Bytes per second the copy may read in all (0: unlimited).
+    pub max_rate: u64,
     /// How long to wait, after `pg_backup_stop`, for the last WAL segment to reach the repository.
     pub wal_timeout: Duration,
 }
@@ -117,7 +119,7 @@ pub fn run_full_backup(
     let start_time = chrono::Utc::now();
     let start_lsn = session.start(id.as_str()).map_err(BackupError::Server)?;
     let scan = scan_pgdata(pgdata).map_err(BackupError::Scan)?;
-    let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums };
+    let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums, max_rate: opts.max_rate };
     let copied = copy_files(repo, id, scan.files, &copy_opts, progress, &mut || tick(Phase::Copying))?;
 
     if !tick(Phase::Stopping) {

@@ -212,7 +212,7 @@ impl BackupSession for SpiSession {
 
     fn stop(&mut self) -> Result<StopInfo, String> {
         let (lsn, label, map) = try_tx(|| {
-            Spi::get_three::<String, String, String>("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)").map_err(|e| e.to_string())
+            Spi::get_three::<String, String, String>("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)").map_err(|e| e.to_string())
         })?;
         Ok(StopInfo {
             lsn: lsn.ok_or("pg_backup_stop returned no LSN")?.parse().map_err(|e: backup_core::wal::WalError| e.to_string())?,

@@ -28,7 +28,7 @@ impl BackupSession for ClientSession {
         row.get::<_, String>(0).parse().map_err(|e: backup_core::wal::WalError| e.to_string())
     }
     fn stop(&mut self) -> Result<StopInfo, String> {
-        let row = self.0.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)", &[]).map_err(|e| e.to_string())?;
+        let row = self.0.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[]).map_err(|e| e.to_string())?;
         let lsn: String = row.get(0);
         Ok(StopInfo { lsn: lsn.parse().map_err(|e: backup_core::wal::WalError| e.to_string())?, backup_label: row.get(1), tablespace_map: row.get(2) })
     }

@@ -25,7 +25,9 @@ pub struct StopInfo {
 pub trait BackupSession {
     /// `pg_backup_start(label, fast => true)`; returns the start LSN.
     fn start(&mut self, label: &str) -> Result<Lsn, String>;
-    /// `pg_backup_stop(wait_for_archive => true)`.
+    /// `pg_backup_stop(wait_for_archive => false)`: the server's own wait polls once a second;
+    /// [`run_full_backup`] waits instead for the stop segment to reach *this* repository,
+    /// which is the condition that matters.
     fn stop(&mut self) -> Result<StopInfo, String>;
     /// The next transaction id (`pg_current_snapshot()`'s xmax) after the stop.
     fn next_xid(&mut self) -> Result<u64, String>;
@@ -133,8 +135,8 @@ pub fn run_full_backup(
     let start_wal = Manifest::wal_name(timeline, start_lsn, seg, false);
     let stop_wal = Manifest::wal_name(timeline, stop.lsn, seg, true);
 
-    // pg_backup_stop waited for the server's archiver; make sure it archived into *this*
-    // repository, or the backup could never be made consistent from it.
+    // The backup is consistent only with WAL up to the stop LSN: wait until the segment
+    // holding it is in *this* repository (not merely "archived somewhere").
     let stop_key = WalFileName::parse(&stop_wal).expect("generated name").object_key();
     let waited = Instant::now();
     while !repo.storage().exists(&stop_key).map_err(RepoError::from)? {
@@ -144,7 +146,7 @@ pub fn run_full_backup(
         if !tick(Phase::WaitingForWal) {
             return Err(BackupError::Cancelled);
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     if !tick(Phase::WritingManifest) {

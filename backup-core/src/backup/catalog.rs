@@ -186,7 +186,9 @@ impl Repository {
     /// Remove a backup: the manifest first, so it stops being restorable before any data goes.
     pub fn delete_backup(&self, id: &BackupId) -> Result<u64, RepoError> {
         let objects = self.storage().list(&id.prefix())?;
-        if objects.is_empty() {
+        // Uploads a killed worker left half-written (callers never delete a running backup).
+        let aborted = self.storage().abort_stale_uploads(&id.prefix(), std::time::Duration::ZERO)?;
+        if objects.is_empty() && aborted == 0 {
             return Err(RepoError::UnknownBackup { id: id.to_string(), location: self.location() });
         }
         self.storage().delete(&id.manifest_key())?;

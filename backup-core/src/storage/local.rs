@@ -148,6 +148,34 @@ impl Storage for LocalStorage {
         Ok(out)
     }
 
+    fn abort_stale_uploads(&self, prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
+        let start = match prefix.rfind('/') {
+            Some(i) => self.root.join(&prefix[..i]),
+            None => self.root.clone(),
+        };
+        let mut removed = 0;
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().into_owned();
+                let Ok(meta) = entry.metadata() else { continue };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if name.starts_with('.') && name.ends_with(".tmp") && rel.starts_with(prefix.trim_end_matches(|c| c != '/')) {
+                    let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+                    if age >= older_than {
+                        fs::remove_file(&path).map_err(|e| StorageError::io("deleting", &rel, e))?;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
         match fs::remove_file(&path) {
@@ -217,6 +245,20 @@ mod tests {
     fn conformance() {
         let dir = tempfile::tempdir().unwrap();
         super::super::conformance::run_all(&LocalStorage::new(dir.path().join("repo")));
+    }
+
+    #[test]
+    fn stale_uploads_are_aborted_by_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let w = s.writer("a/x", PutMode::IfAbsent).unwrap();
+        std::mem::forget(w); // as if the writer's process were killed
+        let w2 = s.writer("b/y", PutMode::IfAbsent).unwrap();
+        std::mem::forget(w2);
+        assert_eq!(s.abort_stale_uploads("a/", std::time::Duration::from_secs(3600)).unwrap(), 0, "too young");
+        assert_eq!(s.abort_stale_uploads("a/", std::time::Duration::ZERO).unwrap(), 1);
+        assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("b")).unwrap().count(), 1, "another prefix was touched");
     }
 
     #[test]

@@ -68,6 +68,11 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Remove an object. Removing a missing object succeeds, as on object stores.
     fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// Discard uploads under `prefix` that were started and never committed (a writer killed
+    /// mid-upload) at least `older_than` ago. Returns how many were discarded. Object stores
+    /// map this to aborting multipart uploads.
+    fn abort_stale_uploads(&self, prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError>;
+
     /// Write a whole object from memory.
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<PutOutcome, StorageError> {
         let mut w = self.writer(key, mode)?;

@@ -51,6 +51,7 @@ pub struct Repository {
     pub info: RepoInfo,
     keys: Option<KeyRing>,
     compression: Compression,
+    compress_threads: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -128,7 +129,7 @@ impl Repository {
             (Encryption::None, true) => return Err(RepoError::EncryptionMismatch { location: storage.location(), repo: info.encryption }),
             _ => {}
         }
-        Ok(Repository { storage, info, keys, compression })
+        Ok(Repository { storage, info, keys, compression, compress_threads: 1 })
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -144,7 +145,13 @@ impl Repository {
     }
 
     pub(crate) fn encode_params(&self) -> EncodeParams<'_> {
-        EncodeParams { compression: self.compression, key: self.keys.as_ref().map(KeyRing::newest) }
+        EncodeParams { compression: self.compression, key: self.keys.as_ref().map(KeyRing::newest), threads: self.compress_threads }
+    }
+
+    /// Compress each object's blocks on up to `threads` threads (1 by default). Worth it where
+    /// one object is all there is to do: a WAL segment, the tail of a backup.
+    pub fn set_compress_threads(&mut self, threads: usize) {
+        self.compress_threads = threads.max(1);
     }
 
     /// Stream `input` into a new object `key`. With [`PutMode::IfAbsent`] an existing object is

@@ -152,7 +152,9 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     // GUCs and the data directory are read here, on the main thread, before any copying thread
     // exists; the threads get plain Rust values.
     let config = gucs::load_config().map_err(|e| e.to_string())?;
-    let repo = Repository::open(&config).map_err(|e| e.to_string())?;
+    let mut repo = Repository::open(&config).map_err(|e| e.to_string())?;
+    // Large files compress on several threads, so the last big file does not run alone.
+    repo.set_compress_threads(gucs::WORKERS.get() as usize);
     // SAFETY: DataDir is set for the life of the server; read on the main thread.
     let pgdata = PathBuf::from(unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned());
     let opts = BackupOptions {

@@ -222,6 +222,78 @@ pub fn run_root_ok(program: &str, args: &[&str]) {
     run(cmd, COMMAND_TIMEOUT).assert_ok(&format!("{program} {}", args.join(" ")));
 }
 
+/// A child left running while the test goes on (a load generator such as
+/// `pgbench -T …`), its stdout and stderr going to a log file. Stopped with
+/// `stop`, or killed (SIGKILL) and reaped on drop, so a failing test leaves no
+/// load running.
+pub struct Background {
+    command: String,
+    child: Option<std::process::Child>,
+    /// Where the child's stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl Background {
+    /// Start `cmd` with stdin closed and stdout/stderr appended to `log`
+    /// (created by root if missing: the child inherits the open descriptor).
+    pub fn spawn(mut cmd: Command, log: &Path) -> Background {
+        let command = describe(&cmd);
+        let open = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("open {}: {e}", log.display()))
+        };
+        cmd.stdin(Stdio::null()).stdout(open()).stderr(open());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+        Background { command, child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the child has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then wait (up to 30 s, then SIGKILL) until the child has exited;
+    /// returns what it wrote to its log. An exit before the SIGTERM is an error: a
+    /// load generator that stopped early did not run for as long as the test thinks.
+    #[track_caller]
+    pub fn stop(mut self) -> String {
+        let mut child = self.child.take().unwrap();
+        let early = child.try_wait().expect("try_wait");
+        // SAFETY: plain syscall on our own, not yet reaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(status) = early {
+            panic!("`{}` ended on its own ({status}) before it was stopped:\n{}", self.command, log.trim_end());
+        }
+        log
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Poll `ready` every 100 ms until it returns true; panic after `timeout`, naming
 /// `what` so the failing wait is easy to identify.
 #[track_caller]
@@ -386,6 +458,12 @@ impl Cluster {
         c
     }
 
+    /// Directories for a cluster whose data directory does not exist yet, e.g. the
+    /// destination of `wal-archiver restore`; `pgdata` is created by whoever fills it.
+    pub fn unpopulated(name: &str) -> Cluster {
+        Cluster::empty(name)
+    }
+
     /// The temporary directory holding this cluster (for scratch files).
     pub fn dir(&self) -> &TestDir {
         &self.dir
@@ -484,6 +562,42 @@ impl Cluster {
         let r = self.try_psql(sql);
         assert!(r.success(), "psql on cluster {}:\n{r}", self.name);
         r.stdout.trim_end_matches('\n').to_string()
+    }
+
+    /// Several SQL commands in one psql session, each its own `-c` and hence its own
+    /// transaction (unlike `try_psql("A; B")`, which runs both in one), with no
+    /// reconnection in between. Stops at the first error (its output is then on
+    /// stderr, the earlier results on stdout, one line each).
+    pub fn try_psql_commands(&self, sqls: &[&str]) -> RunResult {
+        let mut cmd = postgres_command(pg_bin("psql"));
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-h"])
+            .arg(&self.sockdir)
+            .args(["-p", &self.port.to_string()]);
+        for sql in sqls {
+            cmd.args(["-c", sql]);
+        }
+        run(cmd, COMMAND_TIMEOUT)
+    }
+
+    /// pgbench against this cluster's `postgres` database, left running in the
+    /// background (stop it with `Background::stop`); output goes to a log file
+    /// next to the server log.
+    pub fn spawn_pgbench(&self, args: &[&str]) -> Background {
+        static N: AtomicU16 = AtomicU16::new(0);
+        let log = self.dir.join(format!("pgbench-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        let mut cmd = postgres_command(pg_bin("pgbench"));
+        cmd.args(["-U", "postgres", "-h"])
+            .arg(&self.sockdir)
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .arg("postgres");
+        Background::spawn(cmd, &log)
+    }
+
+    /// The postmaster's pid, from the first line of `postmaster.pid` (None when the
+    /// file is missing or unreadable).
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
     }
 
     /// Run pgbench against this cluster's `postgres` database; must succeed.

@@ -39,7 +39,9 @@ impl BackupSession for ClientSession {
 }
 
 pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) -> Result<ExitCode> {
-    let repo = Repository::open(config)?;
+    let mut repo = Repository::open(config)?;
+    // Large files compress on several threads, so the last big file does not run alone.
+    repo.set_compress_threads(workers);
     let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
     let mut session = ClientSession(client);
     let id = BackupId::at(Utc::now());

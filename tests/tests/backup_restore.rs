@@ -1,0 +1,963 @@
+//! End-to-end tests of base backups and point-in-time restore on real PostgreSQL 15
+//! clusters: `wal-archiver backup / list / verify / restore` from the command line, and
+//! the same capability driven from SQL through the `pg_backup_ext` extension
+//! (`backup.start_full()`, `backup.list()`, `backup.get()`, `backup.verify()`, …).
+//!
+//! Each test function owns one archiving cluster and its repository. Restored clusters
+//! always get `archive_mode = off` (they must never write into the repository they came
+//! from) and `shared_preload_libraries = ''` (their extension, if any, must not act on
+//! that repository either).
+//!
+//! The extension tests first check that every SQL object of the contract exists, so an
+//! unfinished extension fails them with one message listing what is missing.
+
+use e2e::*;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+/// Generous: archiving and backups compete for 2 cores with the load and the other tests.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(180);
+/// Upper bound for one backup started from SQL to finish.
+const BACKUP_WAIT: Duration = Duration::from_secs(300);
+/// Upper bound for a restored cluster to finish archive recovery and promote.
+const RECOVERY_WAIT: Duration = Duration::from_secs(300);
+
+/// The content of `ledger` in one line: row count, sum of `v`, and a digest of every
+/// (id, v) pair, so that one transaction more or less always shows.
+const LEDGER_FINGERPRINT: &str = "SELECT count(*) || ' rows, sum(v) ' || coalesce(sum(v), 0) || ', ' \
+     || coalesce(md5(string_agg(id || ':' || v, ',' ORDER BY id)), '-') FROM ledger";
+
+/// The current moment as a UTC timestamp with an explicit zone, in the form the
+/// contract documents for `--target-time`.
+const UTC_NOW: &str = "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'";
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// A fresh repository (`init` on the cluster's data directory) and a started cluster
+/// archiving into it, with `extra` settings on top.
+fn archiving_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
+    let archiver = Archiver::new(label);
+    let cluster = Cluster::initdb(label);
+    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
+    cluster.enable_archiving(&archiver);
+    cluster.set(extra);
+    cluster.start();
+    (archiver, cluster)
+}
+
+fn create_ledger(c: &Cluster) {
+    c.psql(
+        "CREATE TABLE ledger (id serial PRIMARY KEY, v int NOT NULL, \
+         at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    );
+}
+
+fn ledger_count(c: &Cluster) -> i64 {
+    c.psql("SELECT count(*) FROM ledger").parse().unwrap()
+}
+
+/// Small committed transactions into `ledger` (one client, about 100 per second)
+/// until stopped; waits for the first commits.
+fn start_ledger_load(c: &Cluster) -> Background {
+    let script = c.dir().write("ledger.pgbench", "\\set v random(1, 1000)\nINSERT INTO ledger (v) VALUES (:v);\n");
+    let script = script.to_string_lossy().into_owned();
+    let load = c.spawn_pgbench(&["-n", "-f", &script, "-c", "1", "-R", "100", "-T", "900"]);
+    wait_until("the ledger load's first commits", Duration::from_secs(60), || ledger_count(c) > 0);
+    load
+}
+
+/// Stop the load and wait until its session has left the server, so that no
+/// transaction of it can still commit afterwards.
+fn stop_ledger_load(c: &Cluster, load: Background) {
+    load.stop();
+    wait_until("the pgbench session to end", Duration::from_secs(60), || {
+        c.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'") == "0"
+    });
+}
+
+/// Whether `s` has the form `backup_YYYYMMDD_HHMMSS`.
+fn is_backup_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    s.len() == 22
+        && s.starts_with("backup_")
+        && b[15] == b'_'
+        && b[7..15].iter().chain(&b[16..22]).all(|c| c.is_ascii_digit())
+}
+
+/// `wal-archiver backup` of a running cluster; returns the new backup's id.
+#[track_caller]
+fn cli_backup(archiver: &Archiver, c: &Cluster, step: &str) -> String {
+    let r = archiver.run(&["backup", "--pgdata", c.pgdata.to_str().unwrap(), "--dbname", &c.conninfo()]);
+    r.assert_ok(&format!("{step}: wal-archiver backup"));
+    let id = r.stdout.split(':').next().unwrap_or("").trim().to_string();
+    assert!(is_backup_id(&id), "{step}: backup must print `backup_YYYYMMDD_HHMMSS: …`\n{r}");
+    id
+}
+
+/// `wal-archiver list --output json`: the `backups` array.
+#[track_caller]
+fn cli_list(archiver: &Archiver, step: &str) -> Vec<Value> {
+    let r = archiver.run(&["list", "--output", "json"]);
+    r.assert_ok(&format!("{step}: wal-archiver list"));
+    let v: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{step}: list printed invalid JSON ({e}):\n{r}"));
+    v["backups"].as_array().unwrap_or_else(|| panic!("{step}: list has no `backups` array:\n{r}")).clone()
+}
+
+fn cli_list_ids(archiver: &Archiver, step: &str) -> Vec<String> {
+    cli_list(archiver, step).iter().map(|b| b["id"].as_str().unwrap_or("").to_string()).collect()
+}
+
+/// `wal-archiver verify ID --output json`: the run and its parsed report.
+fn cli_verify(archiver: &Archiver, id: &str, step: &str) -> (RunResult, Value) {
+    let r = archiver.run(&["verify", id, "--output", "json"]);
+    let v =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{step}: verify printed invalid JSON ({e}):\n{r}"));
+    (r, v)
+}
+
+/// `wal-archiver restore --pgdata DEST ARGS…`, as postgres.
+fn restore_into(archiver: &Archiver, dest: &Path, args: &[&str]) -> RunResult {
+    let mut all = vec!["restore", "--pgdata", dest.to_str().unwrap()];
+    all.extend_from_slice(args);
+    archiver.run(&all)
+}
+
+/// Restore into a new cluster directory; the restore must succeed and name the
+/// backup it used (`expect_backup`, when given) in its report.
+#[track_caller]
+fn restore_cluster(archiver: &Archiver, name: &str, args: &[&str], expect_backup: Option<&str>) -> Cluster {
+    let c = Cluster::unpopulated(name);
+    let r = restore_into(archiver, &c.pgdata, args);
+    r.assert_ok(&format!("{name}: wal-archiver restore {}", args.join(" ")));
+    if let Some(id) = expect_backup {
+        assert!(
+            r.stdout.contains(&format!("restored {id} ")),
+            "{name}: restore {} must use backup {id} (the newest consistent before the target)\n{r}",
+            args.join(" ")
+        );
+    }
+    for file in ["backup_label", "recovery.signal", "PG_VERSION", "global/pg_control"] {
+        assert!(c.pgdata.join(file).is_file(), "{name}: restore did not write {file}");
+    }
+    c
+}
+
+/// Start a restored cluster (its own socket and port, no archiving, no preloaded
+/// extension) and wait until recovery has reached its target and promoted.
+#[track_caller]
+fn start_restored(c: &Cluster) {
+    c.set(&[("archive_mode", "off"), ("shared_preload_libraries", "")]);
+    c.start();
+    wait_until(&format!("cluster {} to finish recovery and promote", c.name), RECOVERY_WAIT, || {
+        assert!(c.is_running(), "cluster {}: server stopped during recovery\n{}", c.name, c.log_tail(40));
+        let r = c.try_psql("SELECT pg_is_in_recovery()");
+        r.success() && r.stdout.trim() == "f"
+    });
+}
+
+/// The text of `postgresql.auto.conf` in `pgdata` (empty if missing).
+fn auto_conf(pgdata: &Path) -> String {
+    fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap_or_default()
+}
+
+/// The path of every file and directory below `dir`, relative to it, sorted; parts
+/// the server rewrites on its own while running are left out.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if rel.starts_with("pg_wal") || rel.starts_with("pg_stat_tmp") {
+                continue;
+            }
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path);
+            }
+            out.push(rel);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Nothing at `dir`, or an empty directory.
+fn absent_or_empty(dir: &Path) -> bool {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => !dir.exists(),
+    }
+}
+
+/// The largest data object of backup `id` in the repository, and its key
+/// (`backup/<id>/data/NNNNNN`).
+fn largest_data_object(archiver: &Archiver, id: &str) -> (PathBuf, String) {
+    let data = archiver.repo().join("backup").join(id).join("data");
+    let objects = files_under(&data);
+    assert!(!objects.is_empty(), "no data objects under {}", data.display());
+    let path = objects.into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
+    let key = path.strip_prefix(archiver.repo()).unwrap().to_string_lossy().into_owned();
+    (path, key)
+}
+
+/// Flip one bit in the middle of a file, in place.
+fn flip_middle_bit(path: &Path) {
+    let mut bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    fs::write(path, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// Run a PostgreSQL client program (pg_amcheck, pg_checksums, …) as postgres.
+fn pg_tool(name: &str, args: &[&str]) -> RunResult {
+    let mut cmd = postgres_command(pg_bin(name));
+    cmd.args(args);
+    run(cmd, COMMAND_TIMEOUT)
+}
+
+// ---------------------------------------------------------------------------
+// 1. Point-in-time restore to times, LSNs, xids and names (command line only)
+// ---------------------------------------------------------------------------
+
+/// A recovery target and the `ledger` content committed at that moment.
+struct Target {
+    label: String,
+    args: Vec<String>,
+    expected: String,
+    backup: String,
+}
+
+/// Commits one transaction into `ledger` with a value of its own.
+struct Writer<'a> {
+    c: &'a Cluster,
+    next_v: i64,
+}
+
+impl Writer<'_> {
+    fn commit(&mut self) {
+        self.next_v += 7;
+        self.c.psql(&format!("INSERT INTO ledger (v) VALUES ({})", self.next_v));
+    }
+
+    /// A time, an LSN and an xid target, each between committed transactions, and
+    /// the data as committed at each; `backup` is the backup a restore must pick.
+    fn record_targets(&mut self, phase: &str, backup: &str, targets: &mut Vec<Target>) {
+        let c = self.c;
+        let mut push = |kind: &str, option: &str, value: String| {
+            targets.push(Target {
+                label: format!("{kind} {phase}"),
+                args: vec![option.to_string(), value],
+                expected: c.psql(LEDGER_FINGERPRINT),
+                backup: backup.to_string(),
+            });
+        };
+        self.commit();
+        self.commit();
+
+        // (a) a moment between two commits, well clear of both.
+        thread::sleep(Duration::from_millis(200));
+        push("time", "--target-time", c.psql(UTC_NOW));
+        thread::sleep(Duration::from_millis(200));
+        self.commit();
+
+        // (b) the insert position right after a commit (its own statement: a second
+        // statement in the same psql -c would run inside the same transaction).
+        self.commit();
+        push("lsn", "--target-lsn", c.psql("SELECT pg_current_wal_insert_lsn()"));
+        self.commit();
+
+        // (c) the xid of a committed transaction (recovery_target_inclusive is on by
+        // default: the data includes it).
+        self.next_v += 7;
+        let xid = c.psql(&format!("INSERT INTO ledger (v) VALUES ({}) RETURNING txid_current()", self.next_v));
+        assert!(xid.parse::<u64>().is_ok(), "txid_current() returned {xid:?}");
+        push("xid", "--target-xid", xid);
+        self.commit();
+        self.commit();
+    }
+}
+
+#[test]
+fn pitr_to_times_lsns_xids_and_names() {
+    let (archiver, c) = archiving_cluster("pitr", &[]);
+    create_ledger(&c);
+    // Some bulk, so that the backup takes a while and the restores have data to copy.
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+
+    // Step 1: the first base backup, taken while small transactions keep committing.
+    let load = start_ledger_load(&c);
+    let before = ledger_count(&c);
+    let b1 = cli_backup(&archiver, &c, "step 1");
+    let after = ledger_count(&c);
+    stop_ledger_load(&c, load);
+    assert!(after > before, "step 1: the load committed nothing while the backup ran ({before} -> {after} rows)");
+    let list = cli_list(&archiver, "step 1");
+    let m1 = list.iter().find(|b| b["id"] == b1.as_str()).unwrap_or_else(|| panic!("step 1: {b1} not listed"));
+    for key in ["start_lsn", "stop_lsn", "start_wal", "stop_wal", "start_time", "stop_time"] {
+        assert!(m1[key].as_str().is_some_and(|s| !s.is_empty()), "step 1: list entry lacks {key}: {m1:#}");
+    }
+    assert_eq!(m1["type"], "full", "step 1: {m1:#}");
+    assert_eq!(m1["page_checksum_failures"], 0, "step 1: {m1:#}");
+    assert!(m1["files"].as_u64().unwrap_or(0) > 100, "step 1: {m1:#}");
+    let during: i64 = c
+        .psql(&format!(
+            "SELECT count(*) FROM ledger WHERE at > '{}'::timestamptz AND at < '{}'::timestamptz",
+            m1["start_time"].as_str().unwrap(),
+            m1["stop_time"].as_str().unwrap()
+        ))
+        .parse()
+        .unwrap();
+    assert!(during > 0, "step 1: no ledger row committed between the backup's start and stop time: {m1:#}");
+
+    // Step 2: targets after the first backup, then a second backup (no load), then
+    // more targets and a named restore point. Targets of phase A lie before the
+    // second backup is consistent, so restore must pick the first one for them.
+    let mut w = Writer { c: &c, next_v: 0 };
+    let mut targets = Vec::new();
+    w.record_targets("A", &b1, &mut targets);
+    let b2 = cli_backup(&archiver, &c, "step 2");
+    assert_ne!(b1, b2, "step 2: two backups got the same id");
+    assert_eq!(cli_list_ids(&archiver, "step 2"), vec![b1.clone(), b2.clone()], "step 2: list");
+    w.record_targets("B", &b2, &mut targets);
+    w.commit();
+    let rp = c.psql("SELECT pg_create_restore_point('rp1')");
+    assert!(!rp.is_empty(), "step 2: pg_create_restore_point");
+    targets.push(Target {
+        label: "name rp1".into(),
+        args: vec!["--target-name".into(), "rp1".into()],
+        expected: c.psql(LEDGER_FINGERPRINT),
+        backup: b2.clone(),
+    });
+    w.commit();
+    w.commit();
+    let last = c.switch_wal();
+    c.wait_archived(&last, ARCHIVE_WAIT);
+
+    // The targets must really be distinct moments, or the comparisons prove little.
+    let mut distinct: Vec<&str> = targets.iter().map(|t| t.expected.as_str()).collect();
+    distinct.dedup();
+    assert_eq!(distinct.len(), targets.len(), "step 2: targets with the same data");
+    let final_fp = c.psql(LEDGER_FINGERPRINT);
+
+    // Step 3: restore to each target into a fresh directory; the data must be what
+    // was committed at that moment.
+    for t in &targets {
+        let name = format!("pitr-{}", t.label.replace(' ', "-"));
+        let args: Vec<&str> = t.args.iter().map(String::as_str).collect();
+        let r = restore_cluster(&archiver, &name, &args, Some(&t.backup));
+        let conf = auto_conf(&r.pgdata);
+        let setting = match t.args[0].as_str() {
+            "--target-time" => "recovery_target_time",
+            "--target-lsn" => "recovery_target_lsn",
+            "--target-xid" => "recovery_target_xid",
+            _ => "recovery_target_name",
+        };
+        for key in ["restore_command", setting, "recovery_target_action"] {
+            assert!(conf.contains(key), "step 3 ({}): postgresql.auto.conf lacks {key}:\n{conf}", t.label);
+        }
+        start_restored(&r);
+        let got = r.psql(LEDGER_FINGERPRINT);
+        assert_eq!(
+            got, t.expected,
+            "step 3 ({}): restored data differs from the data at the target {:?}",
+            t.label, t.args
+        );
+        assert_ne!(got, final_fp, "step 3 ({}): restore went past the target to the end of the archive", t.label);
+
+        // Step 4, on one of them: no corruption, no page checksum failure.
+        if t.label == "xid B" {
+            let port = r.port.to_string();
+            let sock = r.sockdir.to_string_lossy().into_owned();
+            let amcheck = pg_tool(
+                "pg_amcheck",
+                &["-U", "postgres", "-h", &sock, "-p", &port, "--all", "--install-missing", "--heapallindexed"],
+            );
+            amcheck.assert_ok(&format!("step 4 ({}): pg_amcheck on the restored cluster", t.label));
+            r.stop();
+            let checksums = pg_tool("pg_checksums", &["--check", "-D", r.pgdata.to_str().unwrap()]);
+            checksums.assert_ok(&format!("step 4 ({}): pg_checksums --check on the restored cluster", t.label));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. What restore refuses
+// ---------------------------------------------------------------------------
+
+#[test]
+fn restore_refusals_and_bad_input() {
+    // No autovacuum: it could add a relation fork while (1) compares directory listings.
+    let (archiver, c) = archiving_cluster("refuse", &[("autovacuum", "off")]);
+    c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 10000) g");
+    let id = cli_backup(&archiver, &c, "setup");
+    let dests = TestDir::new("refuse-dest");
+    let fresh = |name: &str| dests.join(name);
+
+    // (1) Onto a running cluster's data directory: refused, nothing changed.
+    c.psql("CHECKPOINT");
+    let before = listing(&c.pgdata);
+    let auto_before = auto_conf(&c.pgdata);
+    let r = restore_into(&archiver, &c.pgdata, &["--backup-id", &id]);
+    assert_eq!(r.code, 1, "(1) restore onto a running cluster must exit 1\n{r}");
+    assert!(
+        r.stderr.contains("running") || r.stderr.contains("postmaster.pid"),
+        "(1) message must say a server is running (postmaster.pid)\n{r}"
+    );
+    assert_eq!(listing(&c.pgdata), before, "(1) refused restore changed the data directory's files");
+    assert_eq!(auto_conf(&c.pgdata), auto_before, "(1) refused restore changed postgresql.auto.conf");
+    assert!(
+        !c.pgdata.join("backup_label").exists() && !c.pgdata.join("recovery.signal").exists(),
+        "(1) recovery files written"
+    );
+    assert_eq!(c.psql("SELECT count(*) FROM t"), "10000", "(1) the running cluster must be unaffected");
+
+    // (2) Onto a non-empty directory: refused, contents untouched.
+    let nonempty = dests.write("nonempty/keep.txt", "keep me");
+    let nonempty_dir = nonempty.parent().unwrap();
+    let r = restore_into(&archiver, nonempty_dir, &["--backup-id", &id]);
+    assert_eq!(r.code, 1, "(2) restore into a non-empty directory must exit 1\n{r}");
+    assert!(!r.stderr.trim().is_empty(), "(2) a refusal must say why\n{r}");
+    assert_eq!(listing(nonempty_dir), vec!["keep.txt".to_string()], "(2) refused restore wrote into the directory");
+    assert_eq!(fs::read_to_string(&nonempty).unwrap(), "keep me", "(2) refused restore changed a file");
+
+    // (3)–(5) Bad ids and targets: exit 1, a message naming the problem, nothing written.
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("(3) unknown backup id", &["--backup-id", "backup_19990101_000000"], "backup_19990101_000000"),
+        ("(3) malformed backup id", &["--backup-id", "nonsense-id"], "nonsense-id"),
+        ("(4) garbage time", &["--target-time", "garbage"], "garbage"),
+        ("(4) time without zone", &["--target-time", "2030-01-15 14:30:00"], "zone"),
+        ("(4) malformed LSN", &["--target-lsn", "zz/yy"], "zz/yy"),
+        ("(4) malformed xid", &["--target-xid", "abc"], "abc"),
+        (
+            "(5) time before the first backup",
+            &["--target-time", "2000-01-01 00:00:00+00"],
+            "no backup is consistent before",
+        ),
+        ("(5) LSN before the first backup", &["--target-lsn", "0/10"], "no backup is consistent before"),
+        ("(5) xid before the first backup", &["--target-xid", "3"], "no backup is consistent before"),
+    ];
+    for (i, (what, args, needle)) in cases.iter().enumerate() {
+        let dest = fresh(&format!("bad-{i}"));
+        let r = restore_into(&archiver, &dest, args);
+        assert_eq!(r.code, 1, "{what}: restore {} must exit 1\n{r}", args.join(" "));
+        assert!(r.stderr.contains(needle), "{what}: message must contain {needle:?}\n{r}");
+        assert!(!dest.exists(), "{what}: refused restore created {}", dest.display());
+    }
+    let dest = fresh("two-targets");
+    let r = restore_into(&archiver, &dest, &["--target-time", "2030-01-15 14:30:00+00", "--target-lsn", "0/10"]);
+    assert_ne!(r.code, 0, "(4) two targets at once must be refused\n{r}");
+    assert!(!dest.exists(), "(4) refused restore created {}", dest.display());
+
+    // (6) A key that did not write the repository: fails, writes nothing.
+    let wrong = archiver.with_other_key("refuse-wrongkey");
+    let dest = fresh("wrong-key");
+    let r = restore_into(&wrong, &dest, &["--backup-id", &id]);
+    assert_ne!(r.code, 0, "(6) restore with the wrong key must fail\n{r}");
+    assert!(r.signal.is_none(), "(6) restore with the wrong key crashed\n{r}");
+    assert!(absent_or_empty(&dest), "(6) failed restore left files in {}: {:?}", dest.display(), listing(&dest));
+
+    // Control: the same restore with the right key works, so the refusals above
+    // were about their input.
+    let dest = fresh("control");
+    restore_into(&archiver, &dest, &["--backup-id", &id]).assert_ok("(control) restore with the right key");
+    assert!(dest.join("backup_label").is_file(), "(control) no backup_label written");
+}
+
+// ---------------------------------------------------------------------------
+// 3. verify finds a flipped bit and names the object
+// ---------------------------------------------------------------------------
+
+#[test]
+fn verify_names_a_flipped_object() {
+    let (archiver, c) = archiving_cluster("verify", &[]);
+    c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g");
+    let id = cli_backup(&archiver, &c, "setup");
+
+    let (r, report) = cli_verify(&archiver, &id, "intact");
+    assert_eq!(r.code, 0, "intact backup must verify with exit 0\n{r}");
+    assert_eq!(report["backup"], id.as_str(), "intact: {report:#}");
+    assert_eq!(report["problems"], Value::Array(vec![]), "intact: {report:#}");
+    for key in ["files_checked", "objects_checked", "wal_checked"] {
+        assert!(report[key].as_u64().unwrap_or(0) > 0, "intact: {key} must be > 0: {report:#}");
+    }
+
+    let (object, key) = largest_data_object(&archiver, &id);
+    flip_middle_bit(&object);
+    let (r, report) = cli_verify(&archiver, &id, "flipped");
+    assert_eq!(r.code, 1, "verify must exit 1 after a bit flip in {key}\n{r}");
+    let problems: Vec<&str> =
+        report["problems"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    assert!(!problems.is_empty(), "flipped: no problem reported: {report:#}");
+    assert!(problems.iter().any(|p| p.contains(&key)), "flipped: no problem names {key}: {problems:#?}");
+    assert!(
+        problems.iter().all(|p| p.contains(&key)),
+        "flipped: problems reported beyond the flipped object {key}: {problems:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. The same from SQL (pg_backup_ext)
+// ---------------------------------------------------------------------------
+
+/// A cluster archiving into a fresh repository with pg_backup_ext preloaded and
+/// configured with the archiver's file, the extension created, and every SQL object
+/// of the contract present (else the test fails here, listing what is missing).
+fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
+    let archiver = Archiver::new(label);
+    let config = archiver.config_path.to_string_lossy().into_owned();
+    let mut settings = vec![("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", config.as_str())];
+    settings.extend_from_slice(extra);
+    let cluster = Cluster::initdb(label);
+    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
+    cluster.enable_archiving(&archiver);
+    cluster.set(&settings);
+    cluster.start();
+    cluster.psql("CREATE EXTENSION pg_backup_ext");
+    require_sql_api(&cluster);
+    (archiver, cluster)
+}
+
+#[track_caller]
+fn require_sql_api(c: &Cluster) {
+    // (signature, what pg_get_function_result must say, or contain for list())
+    let functions: &[(&str, &[&str])] = &[
+        ("backup.start_full(boolean)", &["text"]),
+        (
+            "backup.list()",
+            &[
+                "id text",
+                "type text",
+                "status text",
+                "start_lsn pg_lsn",
+                "stop_lsn pg_lsn",
+                "timeline integer",
+                "start_time timestamp with time zone",
+                "stop_time timestamp with time zone",
+                "size_bytes bigint",
+                "stored_bytes bigint",
+                "file_count bigint",
+                "duration interval",
+                "error text",
+            ],
+        ),
+        ("backup.get(text)", &["jsonb"]),
+        ("backup.verify(text)", &["jsonb"]),
+        ("backup.find(timestamptz)", &["text"]),
+        ("backup.delete(text)", &["void"]),
+        ("backup.resync()", &["integer"]),
+        ("backup.create_restore_point(text)", &["pg_lsn"]),
+    ];
+    let mut missing = Vec::new();
+    for (signature, result) in functions {
+        let got =
+            c.psql(&format!("SELECT coalesce(pg_get_function_result(to_regprocedure('{signature}')), '(missing)')"));
+        let ok = if result.len() == 1 { got == result[0] } else { result.iter().all(|col| got.contains(col)) };
+        if !ok {
+            missing.push(format!("function {signature} returning {}: found {got}", result.join(", ")));
+        }
+    }
+    let view = c.psql(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'backup' AND table_name = 'progress' \
+         AND column_name IN ('id', 'phase', 'bytes_done', 'bytes_total', 'rate_bytes_per_sec')",
+    );
+    if view != "5" {
+        missing.push("view backup.progress (id, phase, bytes_done, bytes_total, rate_bytes_per_sec)".into());
+    }
+    if c.psql("SELECT to_regclass('backup.backups') IS NOT NULL") != "t" {
+        missing.push("table backup.backups".into());
+    }
+    let present = c.psql(
+        "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1) FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'backup'",
+    );
+    assert!(
+        missing.is_empty(),
+        "pg_backup_ext as installed in the system PostgreSQL lacks part of the SQL API:\n  {}\n\
+         functions present in schema backup: {present}",
+        missing.join("\n  ")
+    );
+}
+
+/// The value of a one-row, one-column jsonb query.
+#[track_caller]
+fn sql_json(c: &Cluster, sql: &str) -> Value {
+    let text = c.psql(sql);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{sql}` did not return JSON ({e}): {text:?}"))
+}
+
+/// Status and error text of backup `id` in `backup.list()`, if it is listed.
+fn sql_status(c: &Cluster, id: &str) -> Option<(String, String)> {
+    let row = c.psql(&format!("SELECT status || '|' || coalesce(error, '') FROM backup.list() WHERE id = '{id}'"));
+    if row.is_empty() {
+        return None;
+    }
+    let (status, error) = row.split_once('|').unwrap();
+    Some((status.to_string(), error.to_string()))
+}
+
+/// Poll `backup.list()` until backup `id` is neither queued nor running; returns its
+/// final status and error. While it is not listed the poll goes on (the worker may not
+/// have written its row yet) unless `absent_settles` (after a restart, nothing will
+/// write it any more). Each poll also reads `backup.progress` and checks any row it
+/// catches for `id`; their number is added to `progress_rows`.
+#[track_caller]
+fn wait_backup_settled(
+    c: &Cluster,
+    id: &str,
+    timeout: Duration,
+    absent_settles: bool,
+    progress_rows: &mut u32,
+) -> Option<(String, String)> {
+    let mut last = None;
+    wait_until(&format!("backup {id} to be listed as completed or failed in backup.list()"), timeout, || {
+        let progress = c.psql(&format!(
+            "SELECT coalesce(phase, '') || '|' || coalesce(bytes_done, -1) || '|' || coalesce(bytes_total, -1) \
+             FROM backup.progress WHERE id = '{id}'"
+        ));
+        if let Some(row) = progress.lines().next() {
+            let f: Vec<&str> = row.rsplitn(3, '|').collect();
+            let (total, done): (i64, i64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+            assert!(total < 0 || done <= total, "backup.progress of {id}: bytes_done > bytes_total: {row}");
+            *progress_rows += 1;
+        }
+        last = sql_status(c, id);
+        match last.as_ref().map(|(s, _)| s.as_str()) {
+            Some("queued" | "running") => false,
+            Some(_) => true,
+            None => absent_settles,
+        }
+    });
+    last
+}
+
+/// `backup.start_full(wait => true)` must return the id of a completed backup that
+/// verifies, and the repository must list it.
+#[track_caller]
+fn sql_backup_and_check(c: &Cluster, archiver: &Archiver, step: &str) -> String {
+    let r = c.try_psql("SELECT backup.start_full(wait => true)");
+    assert!(r.success(), "{step}: backup.start_full(wait => true) failed\n{r}\n--- server log ---\n{}", c.log_tail(30));
+    let id = r.stdout.trim().to_string();
+    assert!(is_backup_id(&id), "{step}: start_full(wait => true) returned {id:?}");
+    let status = sql_status(c, &id);
+    assert_eq!(
+        status.as_ref().map(|(s, _)| s.as_str()),
+        Some("completed"),
+        "{step}: after start_full(wait => true) returned, {id} is {status:?}"
+    );
+    let verify = sql_json(c, &format!("SELECT backup.verify('{id}')"));
+    assert_eq!(verify["ok"], true, "{step}: backup.verify('{id}'): {verify:#}");
+    assert!(cli_list_ids(archiver, step).contains(&id), "{step}: wal-archiver list does not list {id}");
+    id
+}
+
+#[test]
+fn sql_full_backup_under_load_and_restore() {
+    let (archiver, c) = extension_cluster("sqlfull", &[]);
+    c.pgbench(&["-i", "-s", "2", "-q"]);
+    create_ledger(&c);
+    let load = start_ledger_load(&c);
+
+    // Step 1: start a backup under load and, from the same session right after it
+    // (no reconnection, so certainly while it is queued or running), a second one.
+    let r = c.try_psql_commands(&["SELECT backup.start_full()", "SELECT backup.start_full()"]);
+    let id1 = r.stdout.lines().next().unwrap_or("").trim().to_string();
+    assert!(is_backup_id(&id1), "step 1: backup.start_full() must return the new backup's id at once\n{r}");
+    assert!(!r.success(), "step 1: a second start_full() while {id1} runs must raise an ERROR, it returned\n{r}");
+    assert!(r.stderr.contains("already running"), "step 1: the second start_full() must say \"already running\"\n{r}");
+
+    // Step 2: it completes (progress rows, if caught, are for it and consistent).
+    let mut progress_rows = 0;
+    let status = wait_backup_settled(&c, &id1, BACKUP_WAIT, false, &mut progress_rows);
+    assert_eq!(
+        status.as_ref().map(|(s, _)| s.as_str()),
+        Some("completed"),
+        "step 2: backup {id1} ended as {status:?}\n--- server log ---\n{}",
+        c.log_tail(30)
+    );
+    eprintln!("step 2: {progress_rows} backup.progress row(s) seen for {id1}");
+    let window = c.psql(&format!("SELECT start_time || '|' || stop_time FROM backup.list() WHERE id = '{id1}'"));
+    let (start, stop) =
+        window.split_once('|').unwrap_or_else(|| panic!("step 2: start/stop time of {id1}: {window:?}"));
+    let during = c.psql(&format!("SELECT count(*) FROM ledger WHERE at > '{start}' AND at < '{stop}'"));
+    stop_ledger_load(&c, load);
+    assert_ne!(during, "0", "step 2: no ledger row committed between {id1}'s start ({start}) and stop ({stop})");
+
+    // Step 3: details, verification, find, and the repository's own list.
+    let details = sql_json(&c, &format!("SELECT backup.get('{id1}')"));
+    assert!(
+        details["stop_lsn"].as_str().is_some_and(|s| !s.is_empty()),
+        "step 3: backup.get('{id1}') has no stop_lsn: {details:#}"
+    );
+    let same = c.psql(&format!(
+        "SELECT (backup.get('{id1}')->>'stop_lsn')::pg_lsn = stop_lsn FROM backup.list() WHERE id = '{id1}'"
+    ));
+    assert_eq!(same, "t", "step 3: backup.get() and backup.list() disagree on stop_lsn: {details:#}");
+    let verify = sql_json(&c, &format!("SELECT backup.verify('{id1}')"));
+    assert_eq!(verify["ok"], true, "step 3: backup.verify('{id1}'): {verify:#}");
+    assert_eq!(verify["problems"], Value::Array(vec![]), "step 3: backup.verify('{id1}'): {verify:#}");
+    assert_eq!(c.psql("SELECT backup.find(now())"), id1, "step 3: backup.find(now())");
+    let stop_lsn1 = c.psql(&format!("SELECT stop_lsn FROM backup.list() WHERE id = '{id1}'"));
+    let repo_list = cli_list(&archiver, "step 3");
+    let entry = repo_list
+        .iter()
+        .find(|b| b["id"] == id1.as_str())
+        .unwrap_or_else(|| panic!("step 3: wal-archiver list lacks {id1}: {repo_list:#?}"));
+    assert_eq!(entry["stop_lsn"], stop_lsn1.as_str(), "step 3: repository and catalog disagree on stop_lsn");
+
+    // Step 4: a restore point recorded through the extension, then a second backup.
+    let rp_lsn = c.psql("SELECT backup.create_restore_point('after_first')");
+    assert!(rp_lsn.contains('/'), "step 4: create_restore_point returned {rp_lsn:?}");
+    let rp_fp = c.psql(LEDGER_FINGERPRINT);
+    c.psql("INSERT INTO ledger (v) VALUES (-1)");
+    let id2 = sql_backup_and_check(&c, &archiver, "step 4");
+    assert_ne!(id2, id1, "step 4: second backup got the first one's id");
+    assert_eq!(c.psql("SELECT backup.find(now())"), id2, "step 4: backup.find(now()) after the second backup");
+    c.psql("INSERT INTO ledger (v) VALUES (-2)");
+    let last = c.switch_wal();
+    c.wait_archived(&last, ARCHIVE_WAIT);
+
+    // Step 5: restore the first backup, recovering only until it is consistent.
+    let r1 = Cluster::unpopulated("sqlfull-immediate");
+    let r = restore_into(&archiver, &r1.pgdata, &["--backup-id", &id1, "--target", "immediate"]);
+    assert!(
+        r.success(),
+        "step 5: wal-archiver restore --backup-id {id1} --target immediate failed (exit 2 with \"cannot be used \
+         with\" means the CLI's target_choice argument group still puts --backup-id among the targets)\n{r}"
+    );
+    start_restored(&r1);
+    assert_ne!(r1.psql("SELECT count(*) FROM ledger"), "0", "step 5: restored {id1} has an empty ledger");
+    assert_eq!(r1.psql("SELECT count(*) FROM pgbench_accounts"), "200000", "step 5: restored {id1}");
+    drop(r1);
+
+    // Step 6: the recorded restore point makes restore pick the first backup, though
+    // a newer one exists, and recovery stops at it.
+    let r2 = restore_cluster(&archiver, "sqlfull-name", &["--target-name", "after_first"], Some(&id1));
+    start_restored(&r2);
+    assert_eq!(r2.psql(LEDGER_FINGERPRINT), rp_fp, "step 6: data restored to restore point after_first");
+    drop(r2);
+
+    // Step 7: the catalog is rebuilt from the repository.
+    let ids_before =
+        c.psql("SELECT string_agg(id || ' ' || status || ' ' || stop_lsn, ', ' ORDER BY id) FROM backup.list()");
+    c.psql("DELETE FROM backup.backups");
+    assert_eq!(c.psql("SELECT count(*) FROM backup.list()"), "0", "step 7: catalog not emptied");
+    assert_eq!(c.psql("SELECT backup.resync()"), "2", "step 7: backup.resync() must count the repository's 2 backups");
+    let ids_after =
+        c.psql("SELECT string_agg(id || ' ' || status || ' ' || stop_lsn, ', ' ORDER BY id) FROM backup.list()");
+    assert_eq!(ids_after, ids_before, "step 7: catalog after resync");
+    assert!(ids_after.contains(&id1) && ids_after.contains(&id2), "step 7: {ids_after}");
+}
+
+/// Lines of the server log that contain `needle`.
+fn log_count(c: &Cluster, needle: &str) -> usize {
+    fs::read_to_string(&c.log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Start a backup from SQL and wait until it has copied something (but is still
+/// running); returns its id.
+#[track_caller]
+fn start_and_wait_for_copying(c: &Cluster, step: &str) -> String {
+    let id = c.psql("SELECT backup.start_full()");
+    assert!(is_backup_id(&id), "{step}: start_full() returned {id:?}");
+    wait_until(&format!("{step}: backup.progress to show bytes_done > 0 for {id}"), BACKUP_WAIT, || {
+        let done = c.psql(&format!("SELECT coalesce(max(bytes_done), 0) FROM backup.progress WHERE id = '{id}'"));
+        if done.parse::<i64>().unwrap_or(0) > 0 {
+            return true;
+        }
+        let status = sql_status(c, &id);
+        assert!(
+            matches!(status.as_ref().map(|(s, _)| s.as_str()), Some("queued" | "running")),
+            "{step}: backup {id} is {status:?} before any progress was seen (too fast to interrupt? \
+             make the dataset larger)\n{}",
+            c.log_tail(20)
+        );
+        false
+    });
+    id
+}
+
+/// The pid of the background worker running backup `id`: the catalog's `worker_pid`
+/// if it has one, else the only `pg_backup_ext…` process in pg_stat_activity.
+#[track_caller]
+fn backup_worker_pid(c: &Cluster, id: &str) -> i32 {
+    let r = c.try_psql(&format!("SELECT worker_pid FROM backup.backups WHERE id = '{id}'"));
+    if let Some(pid) = r.success().then(|| r.stdout.trim().parse::<i32>().ok()).flatten() {
+        return pid;
+    }
+    let rows =
+        c.psql("SELECT pid || ' ' || backend_type FROM pg_stat_activity WHERE backend_type LIKE 'pg_backup_ext%'");
+    let pids: Vec<&str> = rows.lines().collect();
+    assert_eq!(pids.len(), 1, "backup {id}: expected one pg_backup_ext worker in pg_stat_activity, found {pids:?}");
+    pids[0].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// Processes whose parent is `ppid`.
+fn children_of(ppid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(ppid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// State letter of a process (`R`, `S`, `Z`, …), None when it no longer exists.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+fn kill9(pid: i32, what: &str) {
+    // SAFETY: plain syscall; the process is part of a cluster this test started.
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {what} (pid {pid}): {}", std::io::Error::last_os_error());
+}
+
+/// After an interruption: backup `id` must end up failed (or, with `may_vanish`,
+/// not listed), never completed, in the catalog, and must not be in the repository.
+#[track_caller]
+fn assert_interrupted(c: &Cluster, archiver: &Archiver, id: &str, may_vanish: bool, step: &str) {
+    let mut progress_rows = 0;
+    let status = wait_backup_settled(c, id, Duration::from_secs(120), may_vanish, &mut progress_rows);
+    match status.as_ref().map(|(s, _)| s.as_str()) {
+        Some("failed") => {}
+        None if may_vanish => {}
+        _ => panic!("{step}: interrupted backup {id} must show as failed in backup.list(), it is {status:?}"),
+    }
+    assert!(
+        !cli_list_ids(archiver, step).contains(&id.to_string()),
+        "{step}: wal-archiver list shows the interrupted backup {id} as complete"
+    );
+}
+
+#[test]
+fn kill_worker_and_postmaster_mid_backup() {
+    // One copying thread, ~100 MB of data and a read limit of 10 MB/s: an interrupted
+    // backup is certainly still copying when it is killed, however fast the machine.
+    // The backups that must succeed run unthrottled.
+    let (archiver, c) = extension_cluster("sqlkill", &[("backup.workers", "1"), ("backup.max_rate", "10MB")]);
+    c.pgbench(&["-i", "-s", "5", "-q"]);
+    let throttle = |rate: &str| {
+        c.psql(&format!("ALTER SYSTEM SET backup.max_rate = '{rate}'"));
+        c.psql("SELECT pg_reload_conf()");
+    };
+
+    // Step 1: kill -9 the backup worker; the server restarts after the crash.
+    let id1 = start_and_wait_for_copying(&c, "step 1");
+    let worker = backup_worker_pid(&c, &id1);
+    let ready = log_count(&c, "database system is ready to accept connections");
+    kill9(worker, "the backup worker");
+    wait_until("step 1: the crash restart after killing the worker", Duration::from_secs(120), || {
+        log_count(&c, "database system is ready to accept connections") > ready
+    });
+    assert!(log_count(&c, "was terminated by signal 9") > 0, "step 1: no crash in the server log\n{}", c.log_tail(30));
+    wait_until("step 1: the server to accept connections again", Duration::from_secs(60), || {
+        c.try_psql("SELECT 1").success()
+    });
+    assert_interrupted(&c, &archiver, &id1, false, "step 1");
+    throttle("0");
+    let id2 = sql_backup_and_check(&c, &archiver, "step 1 (next backup)");
+    assert_ne!(id2, id1);
+    throttle("10MB");
+
+    // Step 2: kill -9 the postmaster mid-backup; its children must go away on their
+    // own, and a plain pg_ctl start must then work.
+    let id3 = start_and_wait_for_copying(&c, "step 2");
+    let postmaster = c.postmaster_pid().expect("step 2: postmaster.pid");
+    let children = children_of(postmaster);
+    assert!(!children.is_empty(), "step 2: the postmaster {postmaster} has no children?");
+    kill9(postmaster, "the postmaster");
+    // A zombie postmaster still "exists" for the next one's lock file check, so wait
+    // for it to be reaped too (PID 1 does that, on its own schedule).
+    let watched: Vec<i32> = std::iter::once(postmaster).chain(children).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left: Vec<(i32, char)> = watched.iter().filter_map(|&p| process_state(p).map(|s| (p, s))).collect();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() >= deadline {
+            let alive: Vec<String> = left
+                .iter()
+                .filter(|(_, s)| *s != 'Z')
+                .map(|(p, s)| {
+                    let cmd = fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().replace('\0', " ");
+                    format!("{p} ({s}) {cmd}")
+                })
+                .collect();
+            for (p, s) in &left {
+                if *s != 'Z' {
+                    // SAFETY: plain syscall on a leftover process of this test's cluster.
+                    unsafe { libc::kill(*p, libc::SIGKILL) };
+                }
+            }
+            panic!(
+                "step 2: 90 s after kill -9 of the postmaster, processes of the cluster remain: alive {alive:?}, \
+                 all {left:?}\n{}",
+                c.log_tail(30)
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    c.start();
+    assert_interrupted(&c, &archiver, &id3, true, "step 2");
+    throttle("0");
+    let id4 = sql_backup_and_check(&c, &archiver, "step 2 (next backup)");
+    assert_ne!(id4, id3);
+}
+
+#[test]
+fn sql_verify_names_flipped_object() {
+    let (archiver, c) = extension_cluster("sqlverify", &[]);
+
+    // Bad input: errors that name what was asked for.
+    let r = c.try_psql("SELECT backup.get('backup_19990101_000000')");
+    assert!(!r.success(), "backup.get() of an unknown id must raise an ERROR\n{r}");
+    assert!(r.stderr.contains("backup_19990101_000000"), "backup.get(): the error must name the id\n{r}");
+    let r = c.try_psql("SELECT backup.verify('nonsense')");
+    assert!(!r.success(), "backup.verify('nonsense') must raise an ERROR\n{r}");
+    assert!(r.stderr.contains("nonsense"), "backup.verify(): the error must name the id\n{r}");
+    let r = c.try_psql("SELECT backup.find('1999-01-01')");
+    assert!(!r.success(), "backup.find() before any backup must raise an ERROR\n{r}");
+    assert!(r.stderr.contains("ERROR"), "backup.find(): {r}");
+
+    // A backup, intact, then with one flipped bit.
+    c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g");
+    let id = sql_backup_and_check(&c, &archiver, "setup");
+    let r = c.try_psql("SELECT backup.find('1999-01-01')");
+    assert!(!r.success(), "backup.find() before the first backup must raise an ERROR\n{r}");
+
+    let (object, key) = largest_data_object(&archiver, &id);
+    flip_middle_bit(&object);
+    let report = sql_json(&c, &format!("SELECT backup.verify('{id}')"));
+    assert_eq!(report["ok"], false, "backup.verify() after a bit flip in {key}: {report:#}");
+    let problems: Vec<&str> =
+        report["problems"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    assert!(problems.iter().any(|p| p.contains(&key)), "backup.verify(): no problem names {key}: {report:#}");
+    let (r, _) = cli_verify(&archiver, &id, "flipped (CLI)");
+    assert_eq!(r.code, 1, "wal-archiver verify must agree with backup.verify()\n{r}");
+
+    // delete: gone from the catalog and from the repository.
+    c.psql(&format!("SELECT backup.delete('{id}')"));
+    assert_eq!(sql_status(&c, &id), None, "backup.delete(): {id} still in backup.list()");
+    assert!(
+        !cli_list_ids(&archiver, "after delete").contains(&id),
+        "backup.delete(): wal-archiver list still shows {id}"
+    );
+    assert!(
+        !archiver.repo().join("backup").join(&id).join("manifest").exists(),
+        "backup.delete(): the manifest of {id} is still in the repository"
+    );
+}

@@ -166,8 +166,16 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     let progress = Progress::default();
     let mut last_report = Instant::now() - Duration::from_secs(10);
     let mut terminated = false;
+    let mut postmaster_died = false;
     let mut last_phase = None;
     let mut tick = |phase: Phase| -> bool {
+        // Like every server process: if the postmaster is gone, stop now. (The archiver is gone
+        // too, so a WAL wait could never end.)
+        // SAFETY: reads the postmaster-death pipe; main thread.
+        if !unsafe { PostmasterIsAliveInternal() } {
+            postmaster_died = true;
+            return false;
+        }
         if BackgroundWorker::sighup_received() {
             // SAFETY: main thread; this is how a worker applies a configuration reload.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
@@ -194,10 +202,21 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     };
     let mut session = SpiSession;
     let result = run_full_backup(&repo, &pgdata, &mut session, id, &opts, &progress, &mut tick);
+    if postmaster_died {
+        // No catalog update is possible or useful: the next backup.list() marks the row failed.
+        log!("pg_backup_ext: backup {id} abandoned: the postmaster died");
+        // SAFETY: ends this process, as PostgreSQL processes do on postmaster death.
+        unsafe { pg_sys::proc_exit(1) };
+    }
     result.map_err(|e| match e {
         backup_core::backup::run::BackupError::Cancelled => "cancelled: the worker was asked to stop (SIGTERM or server shutdown)".to_string(),
         other => other.to_string(),
     })
+}
+
+unsafe extern "C" {
+    /// storage/ipc/pmsignal.c (not in pgrx's bindings): checks the postmaster-death pipe.
+    fn PostmasterIsAliveInternal() -> bool;
 }
 
 /// `pg_backup_start` / `pg_backup_stop` over SPI, in this worker's one session.

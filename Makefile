@@ -4,6 +4,7 @@
 #                  the system PostgreSQL 15 and wal-archiver into /usr/local/bin
 #   make demo      install, then back up and restore a demo cluster (scripts/demo.sh)
 #   make test      unit + end-to-end tests on real PostgreSQL 15 clusters
+#   make bench     install, then benchmark against pgBackRest and pg_basebackup (bench/README.md)
 
 PG_CONFIG   ?= /usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION = 0.18.1
@@ -50,3 +51,10 @@ test: deps
 
 clean:
 	$(CARGO) clean
+
+# Full size by default (pgbench scale 50 + 4M md5 rows, 3 reps, 64 WAL segments: run it on a quiet
+# machine); smaller or larger with BENCH_ARGS="--scale 2 --rows 50000 --reps 1 --wal-segments 8"
+# or the BENCH_* variables. Results in bench/results/ (latest.json, latest.png).
+.PHONY: bench
+bench: install
+	bash bench/run.sh $(BENCH_ARGS)

@@ -1,0 +1,977 @@
+#!/usr/bin/env python3
+"""Benchmark harness: pg_backup_ext / wal-archiver against pgBackRest and pg_basebackup.
+
+One throwaway PostgreSQL 15 cluster (data checksums, pgbench + an md5 table), every tool on
+the same cluster in the same run, interleaved per repetition:
+
+  1. full backup: wall time and stored bytes
+       ours            SELECT backup.start_full(wait => true)   (zstd-3, AES-256-GCM, backup.workers)
+       pgBackRest      backup --type=full                        (zst-3, aes-256-cbc, process-max)
+       pg_basebackup   -Ft --compress=server-zstd:3 -X none
+  2. restore of that backup into an empty directory: wall time (ours vs pgBackRest)
+  3. WAL archiving rate: N full segments produced while archiving is paused, then the tool's
+     archive_command is set and the clock runs until the last of them is archived
+       ours (wal-archiver push) vs pgBackRest archive-push sync vs async (archive-async=y)
+  4. peak RSS: our push (/usr/bin/time around archive_command), our backup worker (VmHWM
+     polled in /proc while it runs), our restore (/usr/bin/time)
+
+Output: a table of ratios (ours / theirs) on stdout, raw numbers + ratios as JSON in
+bench/results/<timestamp>.json and bench/results/latest.json, a bar chart in
+bench/results/latest.png when matplotlib is available.
+
+Run through bench/run.sh (installs pgbackrest, time, matplotlib when missing). Standard
+library only; matplotlib is optional.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import pwd
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")
+PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
+TIME_BIN = "/usr/bin/time"
+PG_USER = "postgres"
+STANZA = "bench"
+MB = 1024 * 1024
+
+T_START = time.monotonic()
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+def log(msg):
+    print(f"[{time.monotonic() - T_START:8.1f}s] {msg}", flush=True)
+
+
+def env_int(name, default):
+    v = os.environ.get(name)
+    return int(v.replace("_", "")) if v else default
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024.0
+
+
+def dir_bytes(path):
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def spread(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+class BenchError(Exception):
+    pass
+
+
+class Terminated(BaseException):
+    """SIGTERM / SIGHUP: unwinds through the finally blocks like KeyboardInterrupt."""
+
+
+def _on_signal(signum, _frame):
+    raise Terminated(f"signal {signum}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = os.path.abspath(args.workdir)
+        self.port = args.port
+        self.pgdata = os.path.join(self.work, "primary")
+        self.sock = self.work
+        self.pg_log = os.path.join(self.work, "postgres.log")
+        self.as_pg = [] if pwd.getpwuid(os.getuid()).pw_name == PG_USER else ["runuser", "-u", PG_USER, "--"]
+        pw = pwd.getpwnam(PG_USER)
+        self.pg_uid, self.pg_gid = pw.pw_uid, pw.pw_gid
+        self.archiver = args.wal_archiver or shutil.which("wal-archiver") or "/usr/local/bin/wal-archiver"
+        self.pgbackrest = shutil.which("pgbackrest") or "/usr/bin/pgbackrest"
+        # ours
+        self.our_dir = os.path.join(self.work, "ours")
+        self.our_conf = os.path.join(self.our_dir, "pg_backup_ext.conf")
+        self.our_keys = os.path.join(self.our_dir, "keys.json")
+        self.our_repo = os.path.join(self.our_dir, "repository")
+        # pgBackRest
+        self.br_dir = os.path.join(self.work, "pgbackrest")
+        self.br_conf_sync = os.path.join(self.br_dir, "pgbackrest.conf")
+        self.br_conf_async = os.path.join(self.br_dir, "pgbackrest-async.conf")
+        self.br_repo = os.path.join(self.br_dir, "repo")
+        # scratch
+        self.rss_dir = os.path.join(self.work, "rss")
+        self.push_rss_file = os.path.join(self.rss_dir, "push.txt")
+        self.restore_dir = os.path.join(self.work, "restore")
+        self.basebackup_dir = os.path.join(self.work, "basebackup")
+        self.started_cluster = False
+        self.children = []
+        self.seg_size = None
+        self.restore_target_ok = True
+        self.results = {
+            "status": "running",
+            "started_at": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "params": {
+                "scale": args.scale,
+                "rows": args.rows,
+                "reps": args.reps,
+                "wal_segments": args.wal_segments,
+                "workers": args.workers,
+                "compression": "zstd level 3 (all tools)",
+                "encryption": {"ours": "AES-256-GCM", "pgbackrest": "aes-256-cbc", "pg_basebackup": "none"},
+            },
+            "notes": [],
+            "environment": {},
+            "dataset": {},
+            "raw": {
+                "backup": {"ours": [], "pgbackrest": [], "pg_basebackup": []},
+                "restore": {"ours": [], "pgbackrest": []},
+                "wal": {"ours": [], "pgbackrest_sync": [], "pgbackrest_async": []},
+                "rss": {"push_kb": [], "backup_worker": [], "restore_kb": []},
+            },
+        }
+
+    # -- running things --------------------------------------------------------------------
+
+    def run(self, cmd, as_pg=True, timeout=None, check=True, capture=True, input=None):
+        full = (self.as_pg if as_pg else []) + [str(c) for c in cmd]
+        try:
+            p = subprocess.run(full, capture_output=capture, text=True, timeout=timeout, input=input)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"timed out after {timeout}s: {' '.join(full)}") from e
+        if check and p.returncode != 0:
+            out = ((p.stdout or "") + (p.stderr or "")).strip()
+            raise BenchError(f"command failed ({p.returncode}): {' '.join(full)}\n{out[-3000:]}")
+        return p
+
+    def psql_cmd(self, sql):
+        return [f"{PGBIN}/psql", "-X", "-q", "-At", "-h", self.sock, "-p", str(self.port), "-U", PG_USER,
+                "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql]
+
+    def psql(self, sql, timeout=600):
+        return self.run(self.psql_cmd(sql), timeout=timeout).stdout.strip()
+
+    def pgbr(self, *args, conf=None, timeout=None):
+        return self.run([self.pgbackrest, f"--config={conf or self.br_conf_sync}", f"--stanza={STANZA}", *args],
+                        timeout=timeout)
+
+    def chown_pg(self, path):
+        if os.getuid() == 0:
+            os.chown(path, self.pg_uid, self.pg_gid)
+
+    def mkdir_pg(self, path, mode=0o700):
+        os.makedirs(path, mode=mode, exist_ok=True)
+        os.chmod(path, mode)
+        self.chown_pg(path)
+
+    def write_pg(self, path, text, mode=0o600):
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        self.chown_pg(path)
+
+    def rmtree(self, path):
+        shutil.rmtree(path, ignore_errors=True)
+
+    # -- cluster -----------------------------------------------------------------------------
+
+    def postmaster_pid(self):
+        try:
+            with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
+                return int(f.readline().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def pg_ctl(self, *args, timeout=600):
+        return self.run([f"{PGBIN}/pg_ctl", "-D", self.pgdata, *args], timeout=timeout)
+
+    def start(self):
+        self.started_cluster = True
+        self.pg_ctl("-l", self.pg_log, "-w", "-t", "300", "start")
+
+    def stop(self, mode="fast"):
+        if self.postmaster_pid() is None:
+            return
+        try:
+            self.pg_ctl("-m", mode, "-w", "-t", "120", "stop", timeout=180)
+        except BenchError:
+            if mode != "immediate":
+                self.run([f"{PGBIN}/pg_ctl", "-D", self.pgdata, "-m", "immediate", "-w", "stop"],
+                         timeout=120, check=False)
+
+    def archive_cmds(self):
+        ours = f"{self.archiver} --config {self.our_conf} push %p"
+        return {
+            "pause": "",
+            "ours": ours,
+            "ours_rss": f"{TIME_BIN} -f %%M -a -o {self.push_rss_file} {ours}",
+            "pgbackrest_sync": f"{self.pgbackrest} --config={self.br_conf_sync} --stanza={STANZA} archive-push %p",
+            "pgbackrest_async": f"{self.pgbackrest} --config={self.br_conf_async} --stanza={STANZA} archive-push %p",
+        }
+
+    def set_archive(self, name, reload=True, settle=0.5):
+        cmd = self.archive_cmds()[name]
+        self.psql("ALTER SYSTEM SET archive_command = '" + cmd.replace("'", "''") + "'")
+        self.archive_mode = name
+        if reload:
+            self.psql("SELECT pg_reload_conf()")
+            time.sleep(settle)  # the archiver re-reads its configuration on SIGHUP
+
+    def ready_files(self):
+        d = os.path.join(self.pgdata, "pg_wal", "archive_status")
+        return sorted(f[:-6] for f in os.listdir(d) if f.endswith(".ready"))
+
+    def archiver_stats(self):
+        row = self.psql("SELECT archived_count, coalesce(last_archived_wal, ''), failed_count, "
+                        "coalesce(last_failed_wal, '') FROM pg_stat_archiver")
+        a, la, fcount, lf = row.split("|")
+        return {"archived_count": int(a), "last_archived_wal": la, "failed_count": int(fcount), "last_failed_wal": lf}
+
+    def drain(self, what, timeout=None, switch=True):
+        """Wait until every finished WAL segment is archived (no .ready left)."""
+        timeout = timeout or self.args.timeout
+        if switch:
+            self.psql("SELECT pg_switch_wal()")
+        start = time.monotonic()
+        failed0 = self.archiver_stats()["failed_count"]
+        last_check = start
+        while self.ready_files():
+            now = time.monotonic()
+            if now - start > timeout:
+                raise BenchError(f"{what}: WAL not archived after {timeout}s; pending {self.ready_files()[:5]}")
+            if now - last_check > 2:
+                last_check = now
+                st = self.archiver_stats()
+                if st["failed_count"] - failed0 >= 5:
+                    raise BenchError(f"{what}: archive_command keeps failing (last failed {st['last_failed_wal']}); "
+                                     f"see {self.pg_log} and {self.br_dir}/log")
+            time.sleep(0.05)
+
+    def setup(self):
+        a = self.args
+        log(f"work directory {self.work} (port {self.port})")
+        if self.postmaster_pid() is not None:
+            log("a cluster from an earlier run is still up there: stopping it")
+            self.stop("immediate")
+        self.rmtree(self.work)
+        self.mkdir_pg(self.work, 0o755)
+        for d in (self.our_dir, self.br_dir, self.rss_dir, self.restore_dir,
+                  os.path.join(self.br_dir, "log"), os.path.join(self.br_dir, "lock"), os.path.join(self.br_dir, "spool")):
+            self.mkdir_pg(d)
+
+        env = self.results["environment"]
+        env["host"] = platform.node()
+        env["kernel"] = platform.release()
+        env["cpus"] = os.cpu_count()
+        try:
+            with open("/proc/meminfo") as f:
+                env["mem_total_kb"] = int(f.readline().split()[1])
+        except OSError:
+            pass
+        env["postgres"] = self.run([f"{PGBIN}/postgres", "--version"], as_pg=False).stdout.strip()
+        env["wal_archiver"] = self.run([self.archiver, "--version"], as_pg=False).stdout.strip()
+        env["pgbackrest"] = self.run([self.pgbackrest, "version"], as_pg=False).stdout.strip()
+        env["python"] = platform.python_version()
+
+        log(f"initdb --data-checksums ({env['postgres']})")
+        self.run([f"{PGBIN}/initdb", "--data-checksums", "--auth=trust", "-U", PG_USER, "-D", self.pgdata])
+
+        # ours: key + config + repository
+        self.run([self.archiver, "keygen", "--output", self.our_keys])
+        self.write_pg(self.our_conf,
+                      f'repo_path = "{self.our_repo}"\nkey_file = "{self.our_keys}"\n'
+                      f"compression = true\ncompression_level = 3\nencryption = true\n")
+        self.run([self.archiver, "--config", self.our_conf, "init", "--pgdata", self.pgdata])
+
+        # pgBackRest: one config for sync archive-push (and backup/restore), one for async
+        cipher = secrets.token_hex(24)
+        common = (
+            "[global]\n"
+            f"repo1-path={self.br_repo}\n"
+            "repo1-cipher-type=aes-256-cbc\n"
+            f"repo1-cipher-pass={cipher}\n"
+            "repo1-retention-full=9999\n"
+            "compress-type=zst\n"
+            "compress-level=3\n"
+            f"process-max={a.workers}\n"
+            "start-fast=y\n"
+            f"log-path={self.br_dir}/log\n"
+            f"lock-path={self.br_dir}/lock\n"
+            f"spool-path={self.br_dir}/spool\n"
+            "log-level-console=warn\n"
+            "log-level-file=info\n"
+        )
+        stanza = (
+            f"\n[{STANZA}]\n"
+            f"pg1-path={self.pgdata}\n"
+            f"pg1-socket-path={self.sock}\n"
+            f"pg1-port={self.port}\n"
+            f"pg1-user={PG_USER}\n"
+        )
+        self.write_pg(self.br_conf_sync, common + stanza)
+        self.write_pg(self.br_conf_async, common + "archive-async=y\n" + stanza)
+
+        max_wal_mb = max(4096, 3 * a.wal_segments * 16)
+        conf = (
+            "\n# --- bench/bench.py ---\n"
+            f"port = {self.port}\n"
+            "listen_addresses = ''\n"
+            f"unix_socket_directories = '{self.sock}'\n"
+            "shared_preload_libraries = 'pg_backup_ext'\n"
+            f"backup.config_file = '{self.our_conf}'\n"
+            f"backup.workers = {a.workers}\n"
+            f"max_wal_size = '{max_wal_mb}MB'\n"
+            "checkpoint_timeout = '1h'\n"
+            "log_checkpoints = on\n"
+            "log_line_prefix = '%m [%p] %b '\n"
+            # the load runs with minimal WAL; archiving is switched on afterwards
+            "wal_level = minimal\n"
+            "max_wal_senders = 0\n"
+            "archive_mode = off\n"
+        )
+        with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as f:
+            f.write(conf)
+        self.start()
+        log("cluster up (wal_level = minimal for the load)")
+
+    def load(self):
+        a = self.args
+        log(f"loading: pgbench -i -s {a.scale}")
+        t = time.monotonic()
+        self.run([f"{PGBIN}/pgbench", "-i", "-q", "-s", a.scale, "-h", self.sock, "-p", self.port, "-U", PG_USER, "postgres"])
+        log(f"  pgbench done in {time.monotonic() - t:.1f}s; md5 table of {a.rows:,} rows")
+        t = time.monotonic()
+        self.psql("CREATE TABLE md5_data AS SELECT md5(random()::text) AS a, md5(random()::text) AS b "
+                  f"FROM generate_series(1, {a.rows})", timeout=None)
+        self.psql("VACUUM ANALYZE md5_data", timeout=None)
+        # the WAL generator's table: no autovacuum noise while segments are produced or archived
+        self.psql("CREATE TABLE walgen (a text, b text) WITH (autovacuum_enabled = off)")
+        self.psql("CREATE EXTENSION pg_backup_ext")
+        log(f"  md5 table done in {time.monotonic() - t:.1f}s")
+
+        # archiving on: needs a restart (wal_level, archive_mode)
+        self.psql("ALTER SYSTEM SET wal_level = 'replica'")
+        self.psql("ALTER SYSTEM SET max_wal_senders = 10")
+        self.psql("ALTER SYSTEM SET archive_mode = 'on'")
+        self.set_archive("ours", reload=False)
+        self.stop()
+        self.start()
+        self.psql("CHECKPOINT")
+        self.seg_size = int(self.psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"))
+        log("restarted with wal_level = replica, archive_mode = on; creating the pgBackRest stanza")
+        self.pgbr("stanza-create", timeout=600)
+        self.drain("initial archive")
+
+        ds = self.results["dataset"]
+        ds["database_bytes"] = int(self.psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database"))
+        ds["pgdata_bytes"] = dir_bytes(self.pgdata)
+        ds["md5_table_bytes"] = int(self.psql("SELECT pg_total_relation_size('md5_data')"))
+        ds["pgbench_bytes"] = int(self.psql(
+            "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname LIKE 'pgbench_%' AND c.relkind = 'r'"))
+        ds["wal_segment_size"] = self.seg_size
+        log(f"dataset: databases {fmt_bytes(ds['database_bytes'])}, data directory {fmt_bytes(ds['pgdata_bytes'])}")
+
+    # -- 1. backups --------------------------------------------------------------------------
+
+    def prepare_backup(self, archive):
+        """Same starting line for every tool: its own archiver, nothing pending, a fresh checkpoint."""
+        self.set_archive(archive)
+        self.drain(f"before backup ({archive})")
+        self.psql("CHECKPOINT", timeout=None)
+
+    def find_worker_pid(self, pm_pid):
+        try:
+            with open(f"/proc/{pm_pid}/task/{pm_pid}/children") as f:
+                kids = f.read().split()
+        except OSError:
+            kids = [p for p in os.listdir("/proc") if p.isdigit()]
+        for pid in kids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"pg_backup_ext backup" in cmd:
+                return int(pid)
+        return None
+
+    @staticmethod
+    def proc_status(pid):
+        out = {}
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                        out[k] = int(v.split()[0])
+        except (OSError, ValueError):
+            return None
+        return out
+
+    def backup_ours(self, rep):
+        self.prepare_backup("ours_rss")
+        pm = self.postmaster_pid()
+        t0 = time.monotonic()
+        p = subprocess.Popen(self.as_pg + self.psql_cmd("SELECT backup.start_full(wait => true)"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.children.append(p)
+        worker_pid, peak = None, {"VmHWM": 0, "RssAnon": 0, "VmRSS": 0}
+        samples = 0
+        while p.poll() is None:
+            if worker_pid is None:
+                worker_pid = self.find_worker_pid(pm)
+            if worker_pid is not None:
+                st = self.proc_status(worker_pid)
+                if st:
+                    samples += 1
+                    for k in peak:
+                        peak[k] = max(peak[k], st.get(k, 0))
+            time.sleep(0.02)
+            if time.monotonic() - t0 > self.args.timeout:
+                p.kill()
+                raise BenchError(f"our backup took more than {self.args.timeout}s")
+        secs = time.monotonic() - t0
+        out, err = p.communicate()
+        self.children.remove(p)
+        if p.returncode != 0:
+            raise BenchError(f"backup.start_full failed: {err.strip()}")
+        bid = out.strip().splitlines()[-1]
+        row = self.psql("SELECT size_bytes, stored_bytes, file_count, extract(epoch FROM duration) "
+                        f"FROM backup.list() WHERE id = '{bid}' AND status = 'completed'")
+        if not row:
+            raise BenchError(f"backup {bid} is not listed as completed")
+        size, stored, files, dur = row.split("|")
+        r = {"rep": rep, "seconds": secs, "id": bid, "size_bytes": int(size), "stored_bytes": int(stored),
+             "file_count": int(files), "reported_duration_s": float(dur) if dur else None}
+        self.results["raw"]["backup"]["ours"].append(r)
+        if worker_pid is None or samples == 0:
+            log("  (backup worker not seen in /proc: too quick to sample its memory)")
+            self.results["raw"]["backup"]["ours"][-1]["worker_rss_sampled"] = False
+        else:
+            self.results["raw"]["rss"]["backup_worker"].append(
+                {"rep": rep, "pid": worker_pid, "samples": samples, "vmhwm_kb": peak["VmHWM"],
+                 "max_rss_kb": peak["VmRSS"], "max_rss_anon_kb": peak["RssAnon"]})
+        return r, peak if samples else None
+
+    def backup_pgbackrest(self, rep):
+        self.prepare_backup("pgbackrest_sync")
+        t0 = time.monotonic()
+        self.pgbr("backup", "--type=full", timeout=self.args.timeout)
+        secs = time.monotonic() - t0
+        info = json.loads(self.pgbr("info", "--output=json").stdout)
+        st = next(s for s in info if s["name"] == STANZA)
+        b = st["backup"][-1]
+        label = b["label"]
+        r = {"rep": rep, "seconds": secs, "label": label,
+             "size_bytes": b["info"]["size"], "stored_bytes": b["info"]["repository"]["size"],
+             "stored_bytes_du": dir_bytes(os.path.join(self.br_repo, "backup", STANZA, label))}
+        self.results["raw"]["backup"]["pgbackrest"].append(r)
+        return r
+
+    def backup_basebackup(self, rep):
+        self.prepare_backup("ours")  # -X none: the backup waits for its WAL to be archived
+        self.rmtree(self.basebackup_dir)
+        t0 = time.monotonic()
+        self.run([f"{PGBIN}/pg_basebackup", "-h", self.sock, "-p", self.port, "-U", PG_USER, "-D", self.basebackup_dir,
+                  "-Ft", "--compress=server-zstd:3", "-X", "none", "-c", "fast"], timeout=self.args.timeout)
+        secs = time.monotonic() - t0
+        files = {f: os.path.getsize(os.path.join(self.basebackup_dir, f)) for f in os.listdir(self.basebackup_dir)}
+        r = {"rep": rep, "seconds": secs, "stored_bytes": sum(files.values()), "files": files}
+        self.results["raw"]["backup"]["pg_basebackup"].append(r)
+        self.rmtree(self.basebackup_dir)
+        return r
+
+    # -- 2. restores -------------------------------------------------------------------------
+
+    def restore_ours(self, rep, backup_id):
+        target = os.path.join(self.restore_dir, "ours")
+        self.rmtree(target)
+        rss_file = os.path.join(self.rss_dir, f"restore-{rep}.txt")
+        cmd = [self.archiver, "--config", self.our_conf, "restore", "--pgdata", target, "--backup-id", backup_id,
+               "--target", "immediate", "--archive-mode", "off", "--workers", self.args.workers]
+        if not self.restore_target_ok:
+            # a wal-archiver older than "--backup-id combines with a target": the files written are
+            # the same, only the recovery settings differ
+            cmd = [c for c in cmd if c not in ("--target", "immediate")]
+        t0 = time.monotonic()
+        p = self.run([TIME_BIN, "-f", "%M", "-o", rss_file] + cmd, timeout=self.args.timeout, check=False)
+        secs = time.monotonic() - t0
+        if p.returncode != 0 and self.restore_target_ok and "cannot be used with" in (p.stderr or ""):
+            log("  this wal-archiver refuses --backup-id with --target: restoring without --target immediate")
+            self.restore_target_ok = False
+            self.results["notes"].append("our restore ran without --target immediate (older wal-archiver)")
+            self.rmtree(target)
+            return self.restore_ours(rep, backup_id)
+        if p.returncode != 0:
+            raise BenchError(f"our restore failed ({p.returncode}): {' '.join(cmd)}\n{(p.stdout + p.stderr)[-3000:]}")
+        with open(rss_file) as f:
+            rss_kb = int(f.read().split()[-1])
+        r = {"rep": rep, "seconds": secs, "backup_id": backup_id, "restored_bytes": dir_bytes(target), "peak_rss_kb": rss_kb}
+        self.results["raw"]["restore"]["ours"].append(r)
+        self.results["raw"]["rss"]["restore_kb"].append(rss_kb)
+        self.rmtree(target)
+        return r
+
+    def restore_pgbackrest(self, rep, label):
+        target = os.path.join(self.restore_dir, "pgbackrest")
+        self.rmtree(target)
+        self.mkdir_pg(target)  # pgBackRest restores into an existing, empty directory
+        t0 = time.monotonic()
+        self.pgbr("restore", f"--pg1-path={target}", f"--set={label}", "--type=immediate", "--archive-mode=off",
+                  timeout=self.args.timeout)
+        secs = time.monotonic() - t0
+        r = {"rep": rep, "seconds": secs, "label": label, "restored_bytes": dir_bytes(target)}
+        self.results["raw"]["restore"]["pgbackrest"].append(r)
+        self.rmtree(target)
+        return r
+
+    # -- 3. WAL archiving --------------------------------------------------------------------
+
+    def produce_segments(self, n):
+        """With archiving paused: n WAL segments full of md5 rows; returns the last one's name."""
+        # start on a fresh segment, with nothing pending, under whatever archiver is set now
+        self.psql("TRUNCATE walgen")
+        self.drain("before producing WAL")
+        self.set_archive("pause")
+        start = int(self.psql("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"))
+        first_seg = start // self.seg_size
+        target = (first_seg + n) * self.seg_size
+        target_lsn = f"{target >> 32:X}/{target & 0xFFFFFFFF:X}"
+        self.psql(
+            "DO $$ BEGIN "
+            f"WHILE pg_current_wal_insert_lsn() < '{target_lsn}'::pg_lsn LOOP "
+            "INSERT INTO walgen SELECT md5(random()::text), md5(random()::text) FROM generate_series(1, 2000); "
+            "END LOOP; END $$", timeout=None)
+        # the segment ending at target_lsn (pg_walfile_name of a boundary names the one before it)
+        last = self.psql(f"SELECT pg_walfile_name('{target_lsn}'::pg_lsn)")
+        # keep the checkpoint these inserts call for out of the timed part
+        self.psql("CHECKPOINT", timeout=None)
+        deadline = time.monotonic() + 60
+        while last not in self.ready_files():
+            if time.monotonic() > deadline:
+                raise BenchError(f"segment {last} never became ready for archiving")
+            time.sleep(0.05)
+        return last
+
+    def wal_run(self, tool, rep, n):
+        last = self.produce_segments(n)
+        pending = self.ready_files()
+        # the clock starts with the reload that hands the backlog to the tool
+        self.set_archive(tool, reload=False)
+        status_dir = os.path.join(self.pgdata, "pg_wal", "archive_status")
+        ready_last = os.path.join(status_dir, last + ".ready")
+        t0 = time.monotonic()
+        self.psql("SELECT pg_reload_conf()")
+        last_check = t0
+        failed0 = None
+        while os.path.exists(ready_last) or any(f.endswith(".ready") and f[:24] <= last for f in os.listdir(status_dir)):
+            now = time.monotonic()
+            if now - t0 > self.args.timeout:
+                raise BenchError(f"WAL run {tool}: not done after {self.args.timeout}s")
+            if now - last_check > 5:
+                last_check = now
+                st = self.archiver_stats()
+                failed0 = st["failed_count"] if failed0 is None else failed0
+                if st["failed_count"] - failed0 >= 5:
+                    raise BenchError(f"WAL run {tool}: archive_command keeps failing ({st['last_failed_wal']})")
+            time.sleep(0.01)
+        secs = time.monotonic() - t0
+        st = self.archiver_stats()
+        if st["last_archived_wal"] < last:
+            raise BenchError(f"WAL run {tool}: pg_stat_archiver says {st['last_archived_wal']}, expected {last}")
+        nseg = len(pending)
+        r = {"rep": rep, "seconds": secs, "segments": nseg, "bytes": nseg * self.seg_size, "last_segment": last,
+             "segments_per_s": nseg / secs, "mb_per_s": nseg * self.seg_size / MB / secs}
+        self.results["raw"]["wal"][tool].append(r)
+        return r
+
+    def push_rss_pass(self):
+        """Full segments through the /usr/bin/time-wrapped push (kept out of the timed runs)."""
+        n = min(8, self.args.wal_segments)
+        self.set_archive("ours")
+        self.produce_segments(n)
+        self.set_archive("ours_rss")
+        self.drain("push RSS pass", switch=False)
+
+    def collect_push_rss(self):
+        vals = []
+        try:
+            with open(self.push_rss_file) as f:
+                for line in f:
+                    line = line.strip()
+                    if line.isdigit():
+                        vals.append(int(line))
+        except FileNotFoundError:
+            pass
+        self.results["raw"]["rss"]["push_kb"] = vals
+
+    # -- the whole run -----------------------------------------------------------------------
+
+    def run_all(self):
+        a = self.args
+        self.setup()
+        self.load()
+        for rep in range(1, a.reps + 1):
+            tag = f"rep {rep}/{a.reps}"
+            log(f"backup  ours           {tag}")
+            r, peak = self.backup_ours(rep)
+            log(f"        -> {r['seconds']:.2f}s, stored {fmt_bytes(r['stored_bytes'])} of {fmt_bytes(r['size_bytes'])}"
+                + (f", worker VmHWM {peak['VmHWM'] / 1024:.1f} MB" if peak else ""))
+            log(f"backup  pgbackrest     {tag}")
+            rb = self.backup_pgbackrest(rep)
+            log(f"        -> {rb['seconds']:.2f}s, stored {fmt_bytes(rb['stored_bytes'])} of {fmt_bytes(rb['size_bytes'])}")
+            log(f"backup  pg_basebackup  {tag}")
+            r2 = self.backup_basebackup(rep)
+            log(f"        -> {r2['seconds']:.2f}s, stored {fmt_bytes(r2['stored_bytes'])}")
+            log(f"restore ours           {tag} ({r['id']})")
+            rr = self.restore_ours(rep, r["id"])
+            log(f"        -> {rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}, peak RSS {rr['peak_rss_kb'] / 1024:.1f} MB")
+            log(f"restore pgbackrest     {tag} ({rb['label']})")
+            rr = self.restore_pgbackrest(rep, rb["label"])
+            log(f"        -> {rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}")
+        # the WAL phase starts from the archiver of the last backup (ours); each run drains first
+        for rep in range(1, a.reps + 1):
+            for tool in ("ours", "pgbackrest_sync", "pgbackrest_async"):
+                log(f"WAL     {tool:<16} rep {rep}/{a.reps}: producing {a.wal_segments} segments (archiving paused)")
+                r = self.wal_run(tool, rep, a.wal_segments)
+                log(f"        -> {r['segments']} segments in {r['seconds']:.2f}s = {r['segments_per_s']:.1f} seg/s, "
+                    f"{r['mb_per_s']:.1f} MB/s")
+        log("RSS     ours push (full segments through /usr/bin/time)")
+        self.push_rss_pass()
+        self.collect_push_rss()
+        pk = self.results["raw"]["rss"]["push_kb"]
+        log(f"        -> {len(pk)} pushes, peak {max(pk) / 1024 if pk else float('nan'):.1f} MB")
+        self.set_archive("ours")
+
+    # -- clean up ----------------------------------------------------------------------------
+
+    def cleanup(self, success):
+        for p in list(self.children):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if self.started_cluster or self.postmaster_pid() is not None:
+            log("stopping the cluster")
+            try:
+                self.stop("fast")
+            except Exception as e:  # noqa: BLE001 -- cleanup must go on
+                log(f"  stop failed: {e}")
+        self.kill_leftovers()
+        if success and not self.args.keep:
+            self.rmtree(self.work)
+        elif not self.args.keep:
+            # keep the logs for a post-mortem, drop the bulk
+            for d in (self.pgdata, self.our_repo, self.br_repo, self.restore_dir, self.basebackup_dir,
+                      os.path.join(self.br_dir, "spool")):
+                self.rmtree(d)
+            log(f"logs kept in {self.work} (postgres.log, pgbackrest/log)")
+
+    def kill_leftovers(self):
+        """Processes still running from this run's work directory (e.g. pgBackRest's async
+        archive-push started by the archiver): everything that names our directory."""
+        me = os.getpid()
+        needle = self.work.encode()
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == me:
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if needle in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while found and time.monotonic() < deadline:
+            found = [p for p in found if os.path.exists(f"/proc/{p}")]
+            time.sleep(0.1)
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis and output
+
+RATIO_ROWS = [
+    # key, label, ours (section, tool, field), theirs (section, tool, field), better, target
+    ("backup_time_vs_pgbackrest", "backup time / pgBackRest", ("backup", "ours", "seconds"),
+     ("backup", "pgbackrest", "seconds"), "lower", 0.33),
+    ("backup_time_vs_pg_basebackup", "backup time / pg_basebackup", ("backup", "ours", "seconds"),
+     ("backup", "pg_basebackup", "seconds"), "lower", None),
+    ("stored_bytes_vs_pgbackrest", "stored bytes / pgBackRest", ("backup", "ours", "stored_bytes"),
+     ("backup", "pgbackrest", "stored_bytes"), "lower", None),
+    ("stored_bytes_vs_pg_basebackup", "stored bytes / pg_basebackup", ("backup", "ours", "stored_bytes"),
+     ("backup", "pg_basebackup", "stored_bytes"), "lower", None),
+    ("restore_time_vs_pgbackrest", "restore time / pgBackRest", ("restore", "ours", "seconds"),
+     ("restore", "pgbackrest", "seconds"), "lower", 0.5),
+    ("wal_rate_vs_pgbackrest_sync", "WAL rate / pgBackRest sync", ("wal", "ours", "segments_per_s"),
+     ("wal", "pgbackrest_sync", "segments_per_s"), "higher", 1.5),
+    ("wal_rate_vs_pgbackrest_async", "WAL rate / pgBackRest async", ("wal", "ours", "segments_per_s"),
+     ("wal", "pgbackrest_async", "segments_per_s"), "higher", None),
+]
+
+RSS_ROWS = [
+    # key, label, target MB
+    ("push_peak_rss_mb", "push peak RSS (MB)", 64),
+    ("backup_worker_peak_rss_mb", "backup worker peak RSS (MB)", 256),
+    ("restore_peak_rss_mb", "restore peak RSS (MB)", None),
+]
+
+
+def target_met(value, better, target):
+    if target is None or value is None:
+        return None
+    return value <= target if better == "lower" else value >= target
+
+
+def analyse(results):
+    raw = results["raw"]
+    summary = {}
+    for section, tools in raw.items():
+        if section == "rss":
+            continue
+        for tool, rows in tools.items():
+            fields = [k for k in (rows[0] if rows else {}) if isinstance(rows[0][k], (int, float)) and k != "rep"]
+            summary[f"{section}.{tool}"] = {k: spread([r.get(k) for r in rows]) for k in fields}
+    ratios = []
+    for key, label, o, t, better, target in RATIO_ROWS:
+        ours = {r["rep"]: r[o[2]] for r in raw[o[0]][o[1]]}
+        theirs = {r["rep"]: r[t[2]] for r in raw[t[0]][t[1]]}
+        mo = statistics.median(ours.values()) if ours else None
+        mt = statistics.median(theirs.values()) if theirs else None
+        value = mo / mt if mo is not None and mt else None
+        per_rep = [ours[k] / theirs[k] for k in sorted(ours) if k in theirs and theirs[k]]
+        ratios.append({"key": key, "label": label, "value": value, "min": min(per_rep) if per_rep else None,
+                       "max": max(per_rep) if per_rep else None, "per_rep": per_rep, "ours_median": mo,
+                       "theirs_median": mt, "better": better, "target": target,
+                       "target_met": target_met(value, better, target)})
+    rss = raw["rss"]
+    rss_values = {
+        "push_peak_rss_mb": [v / 1024 for v in rss["push_kb"]],
+        "backup_worker_peak_rss_mb": [r["vmhwm_kb"] / 1024 for r in rss["backup_worker"]],
+        "restore_peak_rss_mb": [v / 1024 for v in rss["restore_kb"]],
+    }
+    rss_rows = []
+    for key, label, target in RSS_ROWS:
+        vals = rss_values[key]
+        value = max(vals) if vals else None
+        rss_rows.append({"key": key, "label": label, "value": value, "median": statistics.median(vals) if vals else None,
+                         "min": min(vals) if vals else None, "max": value, "samples": len(vals), "better": "lower",
+                         "target": target, "target_met": target_met(value, "lower", target)})
+    results["summary"] = summary
+    results["ratios"] = ratios
+    results["rss"] = rss_rows
+
+
+def fmt(v, digits=3):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_tables(results):
+    print()
+    print("Ratios ours / theirs: median of ours / median of theirs; spread = min..max of the per-rep ratios.")
+    print("RSS rows: peak MB of our processes (value = max over all samples; spread = min..max).")
+    hdr = f"{'measure':<34} {'value':>7} {'spread':>15}  {'better':<13} {'target':<8} {'met':<4}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results["ratios"]:
+        sp = f"{fmt(r['min'])}..{fmt(r['max'])}"
+        tgt = "-" if r["target"] is None else (("<= " if r["better"] == "lower" else ">= ") + f"{r['target']}")
+        met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
+        print(f"{r['label']:<34} {fmt(r['value']):>7} {sp:>15}  {r['better'] + ' better':<13} {tgt:<8} {met:<4}")
+    for r in results["rss"]:
+        sp = f"{fmt(r['min'], 1)}..{fmt(r['max'], 1)}"
+        tgt = "-" if r["target"] is None else f"<= {r['target']}"
+        met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
+        print(f"{'ours: ' + r['label']:<34} {fmt(r['value'], 1):>7} {sp:>15}  {'lower better':<13} {tgt:<8} {met:<4}")
+    print()
+    print("Medians (min..max)")
+    s = results["summary"]
+
+    def line(label, key, field, conv=lambda v: v, unit="", digits=2):
+        d = s.get(key, {}).get(field)
+        if not d or d["median"] is None:
+            return
+        print(f"  {label:<34} {conv(d['median']):>10.{digits}f} {unit:<5} ({conv(d['min']):.{digits}f}..{conv(d['max']):.{digits}f})")
+
+    for tool in ("ours", "pgbackrest", "pg_basebackup"):
+        line(f"backup {tool}", f"backup.{tool}", "seconds", unit="s")
+        line(f"backup {tool} stored", f"backup.{tool}", "stored_bytes", lambda v: v / MB, "MB", 1)
+    for tool in ("ours", "pgbackrest"):
+        line(f"restore {tool}", f"restore.{tool}", "seconds", unit="s")
+    for tool in ("ours", "pgbackrest_sync", "pgbackrest_async"):
+        line(f"WAL {tool}", f"wal.{tool}", "mb_per_s", unit="MB/s", digits=1)
+    print()
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # noqa: BLE001 -- optional
+        log(f"no plot: matplotlib unavailable ({e})")
+        return False
+    ratios = results["ratios"]
+    rss = results["rss"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [len(ratios), len(rss) + 0.6]})
+
+    def colour(met):
+        return {True: "#3a923a", False: "#c8423b", None: "#7f8c9a"}[met]
+
+    def bars(ax, rows, ylabel, title):
+        xs = range(len(rows))
+        vals = [r["value"] or 0 for r in rows]
+        lo = [max(0.0, (r["value"] or 0) - (r["min"] if r["min"] is not None else r["value"] or 0)) for r in rows]
+        hi = [max(0.0, (r["max"] if r["max"] is not None else r["value"] or 0) - (r["value"] or 0)) for r in rows]
+        ax.bar(xs, vals, color=[colour(r["target_met"]) for r in rows], width=0.6, yerr=[lo, hi], capsize=4,
+               ecolor="#333333")
+        top = max([v for v in vals] + [r["target"] or 0 for r in rows] + [1.0]) * 1.18
+        for x, r, v in zip(xs, rows, vals):
+            if r["target"] is not None:
+                ax.hlines(r["target"], x - 0.42, x + 0.42, colors="#1f4e9c", linestyles="--", linewidth=2)
+                ax.text(x, r["target"] + top * 0.008, f"target {'≤' if r['better'] == 'lower' else '≥'} {r['target']:g}",
+                        va="bottom", ha="center", fontsize=7, color="#1f4e9c",
+                        bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+            ax.text(x + 0.05, v + top * 0.01, f"{v:.2f}" if v < 100 else f"{v:.0f}", ha="left", va="bottom", fontsize=9,
+                    fontweight="bold")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["label"].replace(" / ", "\n/ ") + f"\n({r['better']} better)" for r in rows], fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, top)
+        ax.set_title(title, fontsize=11)
+
+    bars(ax1, ratios, "ours / theirs", "Ratios (median; whiskers: per-rep min..max)")
+    ax1.axhline(1.0, color="#999999", linewidth=0.8)
+    bars(ax2, [dict(r, label=r["label"].replace(" (MB)", "")) for r in rss], "MB", "Our peak RSS (max over samples)")
+    p = results["params"]
+    fig.suptitle(f"pg_backup_ext benchmark — pgbench scale {p['scale']}, {p['rows']:,} md5 rows, "
+                 f"{p['reps']} rep(s), {p['wal_segments']} WAL segments, {p['workers']} workers — "
+                 f"{results['started_at']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_results(results, ts, latest):
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{ts}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    if latest:
+        shutil.copyfile(path, os.path.join(RESULTS_DIR, "latest.json"))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="pg_backup_ext vs pgBackRest vs pg_basebackup (see bench/README.md)")
+    ap.add_argument("--scale", type=int, default=env_int("BENCH_SCALE", 50), help="pgbench scale (env BENCH_SCALE, 50)")
+    ap.add_argument("--rows", type=int, default=env_int("BENCH_ROWS", 4_000_000),
+                    help="rows of the md5 table (env BENCH_ROWS, 4000000)")
+    ap.add_argument("--reps", type=int, default=env_int("BENCH_REPS", 3), help="repetitions (env BENCH_REPS, 3)")
+    ap.add_argument("--wal-segments", type=int, default=env_int("BENCH_WAL_SEGMENTS", 64),
+                    help="WAL segments per archiving run (env BENCH_WAL_SEGMENTS, 64)")
+    ap.add_argument("--workers", type=int, default=env_int("BENCH_WORKERS", 2),
+                    help="backup.workers / pgBackRest process-max / restore --workers (env BENCH_WORKERS, 2)")
+    ap.add_argument("--workdir", default=os.environ.get("BENCH_DIR", "/tmp/pg_backup_bench"),
+                    help="scratch directory, wiped first (env BENCH_DIR, /tmp/pg_backup_bench)")
+    ap.add_argument("--port", type=int, default=env_int("BENCH_PORT", 55431), help="cluster port (env BENCH_PORT)")
+    ap.add_argument("--timeout", type=int, default=env_int("BENCH_TIMEOUT", 7200),
+                    help="seconds any one step may take (env BENCH_TIMEOUT, 7200)")
+    ap.add_argument("--wal-archiver", default=os.environ.get("WAL_ARCHIVER"), help="wal-archiver binary (default: PATH)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    a = ap.parse_args(argv)
+    if a.reps < 1 or a.wal_segments < 1 or a.scale < 1 or a.rows < 0 or a.workers < 1:
+        ap.error("scale, reps, wal-segments and workers must be positive")
+    return a
+
+
+def main(argv):
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    bench = Bench(args)
+    p = bench.results["params"]
+    log(f"benchmark: scale {p['scale']}, {p['rows']:,} md5 rows, {p['reps']} rep(s), "
+        f"{p['wal_segments']} WAL segments, {p['workers']} workers")
+    ok = False
+    try:
+        bench.run_all()
+        ok = True
+    except (BenchError, KeyboardInterrupt, Terminated) as e:
+        bench.results["status"] = "failed"
+        bench.results["error"] = str(e) or type(e).__name__
+        log(f"FAILED: {bench.results['error']}")
+    except Exception as e:
+        bench.results["status"] = "failed"
+        bench.results["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        try:
+            bench.cleanup(ok)
+        finally:
+            bench.results["finished_at"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            bench.results["elapsed_s"] = round(time.monotonic() - T_START, 1)
+            if ok:
+                bench.results["status"] = "ok"
+            try:
+                analyse(bench.results)
+            except Exception as e:  # noqa: BLE001 -- partial results still get written
+                bench.results["analysis_error"] = f"{type(e).__name__}: {e}"
+            path = write_results(bench.results, ts, latest=ok)
+            log(f"results: {path}" + (f" (and {os.path.join(RESULTS_DIR, 'latest.json')})" if ok else " (failed run)"))
+    if "ratios" in bench.results:
+        print_tables(bench.results)
+    if ok and not args.no_plot:
+        png = os.path.join(RESULTS_DIR, "latest.png")
+        if plot(bench.results, png):
+            shutil.copyfile(png, os.path.join(RESULTS_DIR, f"{ts}.png"))
+            log(f"chart: {png}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

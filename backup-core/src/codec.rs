@@ -41,19 +41,23 @@ const FRAME_SIZE: usize = 256 * 1024;
 /// Plaintext read (and compressed) at a time.
 const READ_BLOCK: usize = 1024 * 1024;
 
+type CompressorSlot = (i32, zstd::bulk::Compressor<'static>, Vec<u8>);
+
 thread_local! {
-    /// One compression context per thread and level, reused: creating one costs more than
-    /// compressing a small file.
-    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    /// One compression context (and output buffer) per thread and level, reused: creating one
+    /// costs more than compressing a small file.
+    static COMPRESSOR: std::cell::RefCell<Option<CompressorSlot>> = const { std::cell::RefCell::new(None) };
 }
 
-fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> R) -> Result<R, CodecError> {
+fn with_compressor<R>(level: i32, f: impl FnOnce(&mut zstd::bulk::Compressor<'static>, &mut Vec<u8>) -> R) -> Result<R, CodecError> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
-            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        if slot.as_ref().map(|(l, ..)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?, Vec::with_capacity(zstd::zstd_safe::compress_bound(READ_BLOCK))));
         }
-        Ok(f(&mut slot.as_mut().unwrap().1))
+        let (_, c, out) = slot.as_mut().unwrap();
+        out.clear();
+        Ok(f(c, out))
     })
 }
 
@@ -144,9 +148,10 @@ pub fn encode(input: &mut dyn Read, output: &mut dyn Write, object: &str, params
     let mut plaintext_size = 0u64;
     let threads = params.threads.max(1);
     let mut blocks: Vec<Vec<u8>> = vec![vec![0u8; READ_BLOCK]];
-    // Extra contexts for blocks compressed beside the caller's: made only for inputs longer than
-    // one block, kept for the rest of this object.
-    let mut helpers: Vec<zstd::bulk::Compressor<'static>> = Vec::new();
+    // Contexts and output buffers for inputs longer than one block, one per block in flight,
+    // made on first need and reused for the rest of this object (fresh buffers cost page
+    // faults on every block).
+    let mut slots: Vec<(zstd::bulk::Compressor<'static>, Vec<u8>)> = Vec::new();
     loop {
         let mut lens = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -165,11 +170,15 @@ pub fn encode(input: &mut dyn Read, output: &mut dyn Write, object: &str, params
             break;
         }
         let at_end = *lens.last().unwrap() < READ_BLOCK;
+        for (b, &n) in blocks.iter().zip(&lens) {
+            plaintext_size += n as u64;
+            if params.compression == Compression::None || lens.len() == 1 {
+                hasher.update(&b[..n]);
+            }
+        }
         match params.compression {
             Compression::None => {
                 for (b, &n) in blocks.iter().zip(&lens) {
-                    hasher.update(&b[..n]);
-                    plaintext_size += n as u64;
                     framer.push(&b[..n])?;
                 }
             }
@@ -178,29 +187,36 @@ pub fn encode(input: &mut dyn Read, output: &mut dyn Write, object: &str, params
             // dictionary path), contexts reused, memory bounded by the blocks in flight, and
             // blocks of one object compressed in parallel. Concatenated frames decode as one
             // stream.
+            Compression::Zstd { level } if lens.len() == 1 => {
+                with_compressor(level, |c, out| -> Result<(), CodecError> {
+                    c.compress_to_buffer(&blocks[0][..lens[0]], out)?;
+                    framer.push(out)
+                })??;
+            }
             Compression::Zstd { level } => {
-                while helpers.len() < lens.len() - 1 {
-                    helpers.push(zstd::bulk::Compressor::new(level)?);
+                while slots.len() < lens.len() {
+                    slots.push((zstd::bulk::Compressor::new(level)?, Vec::with_capacity(zstd::zstd_safe::compress_bound(READ_BLOCK))));
                 }
-                let compressed: Vec<io::Result<Vec<u8>>> = std::thread::scope(|scope| {
+                let results: Vec<io::Result<usize>> = std::thread::scope(|scope| {
+                    let (first, rest) = slots.split_first_mut().expect("at least one slot");
                     let others: Vec<_> = blocks[1..lens.len()]
                         .iter()
                         .zip(&lens[1..])
-                        .zip(helpers.iter_mut())
-                        .map(|((b, &n), c)| scope.spawn(move || c.compress(&b[..n])))
+                        .zip(rest.iter_mut())
+                        .map(|((b, &n), (c, out))| scope.spawn(move || { out.clear(); c.compress_to_buffer(&b[..n], out) }))
                         .collect();
-                    let first = with_compressor(level, |c| c.compress(&blocks[0][..lens[0]]));
+                    first.1.clear();
+                    let mut all = vec![first.0.compress_to_buffer(&blocks[0][..lens[0]], &mut first.1)];
                     // Hash while the other blocks compress.
                     for (b, &n) in blocks.iter().zip(&lens) {
                         hasher.update(&b[..n]);
                     }
-                    let mut all = vec![first.and_then(|r| r.map_err(CodecError::Io)).map_err(io::Error::other)];
                     all.extend(others.into_iter().map(|h| h.join().expect("compression thread panicked")));
                     all
                 });
-                plaintext_size += lens.iter().map(|&n| n as u64).sum::<u64>();
-                for c in compressed {
-                    framer.push(&c?)?;
+                for (r, (_, out)) in results.into_iter().zip(&slots) {
+                    r?;
+                    framer.push(out)?;
                 }
             }
         }
@@ -331,13 +347,24 @@ pub struct DecodeSummary {
 /// checking size and SHA-256 at the end. `output` may have received bytes when this fails:
 /// callers write to a temporary place and publish only on success.
 pub fn decode(input: &mut dyn Read, output: &mut dyn Write, object: &str, keys: Option<&KeyRing>) -> Result<DecodeSummary, CodecError> {
+    decode_with_threads(input, output, object, keys, 1)
+}
+
+/// [`decode`], decompressing up to `threads` zstd frames at once. Authentication, hashing and
+/// writing stay in order on the caller's thread.
+pub fn decode_with_threads(
+    input: &mut dyn Read,
+    output: &mut dyn Write,
+    object: &str,
+    keys: Option<&KeyRing>,
+    threads: usize,
+) -> Result<DecodeSummary, CodecError> {
     let (header, compression, opener, key_id) = read_header(input, keys)?;
     let mut sink = HashingWriter { inner: output, hasher: Sha256::new(), size: 0 };
     let mut decompressor = match compression {
         Compression::None => None,
-        Compression::Zstd { .. } => Some(zstd::stream::raw::Decoder::new()?),
+        Compression::Zstd { .. } => Some(Decompress::new(threads)?),
     };
-    let mut zbuf = vec![0u8; zstd::zstd_safe::DCtx::out_size()];
     let mut counter = 0u32;
     let max_payload = FRAME_SIZE + TAG_LEN;
     let mut payload = Vec::with_capacity(max_payload);
@@ -367,21 +394,12 @@ pub fn decode(input: &mut dyn Read, output: &mut dyn Write, object: &str, keys: 
         counter = counter.checked_add(1).ok_or_else(|| CodecError::Corrupt("too many frames".into()))?;
         match decompressor.as_mut() {
             None => sink.write_all(&plain)?,
-            Some(z) => {
-                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
-                let mut inb = InBuffer::around(&plain);
-                loop {
-                    let mut outb = OutBuffer::around(&mut zbuf[..]);
-                    z.run(&mut inb, &mut outb).map_err(|e| CodecError::Corrupt(format!("zstd: {e}")))?;
-                    let produced = outb.pos();
-                    sink.write_all(&zbuf[..produced])?;
-                    if inb.pos == plain.len() && produced < zbuf.len() {
-                        break;
-                    }
-                }
-            }
+            Some(z) => z.feed(&plain, &mut sink)?,
         }
         if last {
+            if let Some(z) = decompressor.as_mut() {
+                z.finish(&mut sink)?;
+            }
             break Trailer::parse(&trailer_bytes)?;
         }
     };
@@ -401,6 +419,124 @@ pub fn decode(input: &mut dyn Read, output: &mut dyn Write, object: &str, keys: 
 }
 
 type Opener = Sealer;
+
+/// The compressed stream is a sequence of zstd frames, one per 1 MiB block. With one thread it
+/// is decoded as a stream; with more, complete frames are cut out and decompressed a batch at
+/// a time, each on its own thread. A frame too large for that (objects written by streaming
+/// compressors) switches the rest of the object to the stream decoder.
+struct Decompress {
+    threads: usize,
+    stream: Option<zstd::stream::raw::Decoder<'static>>,
+    out: Vec<u8>,
+    pending: Vec<u8>,
+    /// Frames cut out so far in this batch.
+    batched: usize,
+    /// Per frame in a batch: a context, the compressed frame, its decompressed block; reused.
+    slots: Vec<(zstd::bulk::Decompressor<'static>, Vec<u8>, Vec<u8>)>,
+}
+
+/// Frames larger than this are not cut out (a stream-compressed object): stream them.
+const MAX_PARALLEL_FRAME: usize = 4 * READ_BLOCK;
+
+impl Decompress {
+    fn new(threads: usize) -> Result<Decompress, CodecError> {
+        let stream = if threads <= 1 { Some(zstd::stream::raw::Decoder::new()?) } else { None };
+        Ok(Decompress {
+            threads,
+            stream,
+            out: vec![0u8; zstd::zstd_safe::DCtx::out_size()],
+            pending: Vec::new(),
+            batched: 0,
+            slots: Vec::new(),
+        })
+    }
+
+    fn feed(&mut self, data: &[u8], sink: &mut HashingWriter) -> Result<(), CodecError> {
+        if self.stream.is_some() {
+            return self.stream_feed(data, sink);
+        }
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        loop {
+            match zstd::zstd_safe::find_frame_compressed_size(&self.pending[start..]) {
+                Ok(n) if start + n <= self.pending.len() => {
+                    if self.slots.len() <= self.batched {
+                        self.slots.push((zstd::bulk::Decompressor::new()?, Vec::new(), Vec::new()));
+                    }
+                    let frame = &mut self.slots[self.batched].1;
+                    frame.clear();
+                    frame.extend_from_slice(&self.pending[start..start + n]);
+                    start += n;
+                    self.batched += 1;
+                    if self.batched == self.threads {
+                        self.flush(sink)?;
+                    }
+                }
+                _ if self.pending.len() - start > MAX_PARALLEL_FRAME => {
+                    self.pending.drain(..start);
+                    self.flush(sink)?;
+                    self.stream = Some(zstd::stream::raw::Decoder::new()?);
+                    let pending = std::mem::take(&mut self.pending);
+                    return self.stream_feed(&pending, sink);
+                }
+                _ => break,
+            }
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+
+    fn flush(&mut self, sink: &mut HashingWriter) -> Result<(), CodecError> {
+        let results: Vec<Result<(), CodecError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self.slots[..self.batched]
+                .iter_mut()
+                .map(|(d, frame, block)| {
+                    scope.spawn(move || {
+                        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+                            Ok(Some(size)) if size as usize <= MAX_PARALLEL_FRAME => size as usize,
+                            _ => return Err(CodecError::Corrupt("zstd frame without a usable content size".into())),
+                        };
+                        block.clear();
+                        block.reserve(size);
+                        d.decompress_to_buffer(&frame[..], block).map(|_| ()).map_err(|e| CodecError::Corrupt(format!("zstd: {e}")))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("decompression thread panicked")).collect()
+        });
+        let n = std::mem::take(&mut self.batched);
+        for (r, (_, _, block)) in results.into_iter().zip(&self.slots[..n]) {
+            r?;
+            sink.write_all(block)?;
+        }
+        Ok(())
+    }
+
+    fn stream_feed(&mut self, data: &[u8], sink: &mut HashingWriter) -> Result<(), CodecError> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let z = self.stream.as_mut().expect("stream mode");
+        let mut inb = InBuffer::around(data);
+        loop {
+            let mut outb = OutBuffer::around(&mut self.out[..]);
+            z.run(&mut inb, &mut outb).map_err(|e| CodecError::Corrupt(format!("zstd: {e}")))?;
+            let produced = outb.pos();
+            sink.write_all(&self.out[..produced])?;
+            if inb.pos == data.len() && produced < self.out.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn finish(&mut self, sink: &mut HashingWriter) -> Result<(), CodecError> {
+        if self.stream.is_none() {
+            self.flush(sink)?;
+            if !self.pending.is_empty() {
+                return Err(CodecError::Corrupt("incomplete zstd frame at the end of the object".into()));
+            }
+        }
+        Ok(())
+    }
+}
 
 fn read_header(input: &mut dyn Read, keys: Option<&KeyRing>) -> Result<(Vec<u8>, Compression, Option<Opener>, Option<KeyId>), CodecError> {
     let mut fixed = [0u8; 13];
@@ -575,6 +711,41 @@ mod tests {
             assert_eq!(s.trailer.sha256, sha256_of(&mut &data[..]).unwrap().0);
             assert_eq!(dec(&obj, "o", Some(&r)).unwrap(), data, "threads={threads}");
         }
+    }
+
+    #[test]
+    fn parallel_decode_matches_and_still_detects_damage() {
+        let r = ring();
+        let data = sample(7 * READ_BLOCK + 999);
+        let obj = enc(&data, "o", Some(&r), Compression::Zstd { level: 3 });
+        for threads in [2, 3, 16] {
+            let mut out = Vec::new();
+            decode_with_threads(&mut &obj[..], &mut out, "o", Some(&r), threads).unwrap();
+            assert_eq!(out, data, "threads={threads}");
+        }
+        let plain = enc(&data, "o", None, Compression::Zstd { level: 3 });
+        let mut bad = plain.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        assert!(decode_with_threads(&mut &bad[..], &mut Vec::new(), "o", None, 2).is_err());
+    }
+
+    #[test]
+    fn parallel_decode_reads_stream_compressed_objects() {
+        // One large zstd frame, as a streaming compressor writes it.
+        let data = sample(3 * MAX_PARALLEL_FRAME);
+        let frame = zstd::encode_all(&data[..], 3).unwrap();
+        let mut obj = Vec::new();
+        let params = EncodeParams { compression: Compression::None, key: None, threads: 1 };
+        let mut s = encode(&mut &frame[..], &mut obj, "o", params).unwrap();
+        // Re-label the header as zstd and the trailer with the plaintext digest.
+        obj[5] = 1;
+        s.trailer = Trailer { plaintext_size: data.len() as u64, sha256: sha256_of(&mut &data[..]).unwrap().0 };
+        let at = obj.len() - TRAILER_LEN as usize;
+        obj[at..].copy_from_slice(&s.trailer.to_bytes());
+        let mut out = Vec::new();
+        decode_with_threads(&mut &obj[..], &mut out, "o", None, 2).unwrap();
+        assert_eq!(out, data);
     }
 
     #[test]

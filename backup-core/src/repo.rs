@@ -51,7 +51,7 @@ pub struct Repository {
     pub info: RepoInfo,
     keys: Option<KeyRing>,
     compression: Compression,
-    compress_threads: usize,
+    codec_threads: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl Repository {
             (Encryption::None, true) => return Err(RepoError::EncryptionMismatch { location: storage.location(), repo: info.encryption }),
             _ => {}
         }
-        Ok(Repository { storage, info, keys, compression, compress_threads: 1 })
+        Ok(Repository { storage, info, keys, compression, codec_threads: 1 })
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -145,13 +145,18 @@ impl Repository {
     }
 
     pub(crate) fn encode_params(&self) -> EncodeParams<'_> {
-        EncodeParams { compression: self.compression, key: self.keys.as_ref().map(KeyRing::newest), threads: self.compress_threads }
+        EncodeParams { compression: self.compression, key: self.keys.as_ref().map(KeyRing::newest), threads: self.codec_threads }
     }
 
-    /// Compress each object's blocks on up to `threads` threads (1 by default). Worth it where
-    /// one object is all there is to do: a WAL segment, the tail of a backup.
-    pub fn set_compress_threads(&mut self, threads: usize) {
-        self.compress_threads = threads.max(1);
+    /// Compress (and decompress) each object's blocks on up to `threads` threads (1 by default).
+    /// Worth it where one object is all there is to do: a WAL segment, the largest files of a
+    /// backup or restore.
+    pub fn set_codec_threads(&mut self, threads: usize) {
+        self.codec_threads = threads.max(1);
+    }
+
+    pub fn codec_threads(&self) -> usize {
+        self.codec_threads
     }
 
     /// Stream `input` into a new object `key`. With [`PutMode::IfAbsent`] an existing object is

@@ -6,11 +6,13 @@
 //! - [`gucs`]: `backup.*` settings;
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
 //! - [`worker`]: the background worker that takes a backup;
+//! - [`catalog`]: writing `backup.backups` from manifests;
 //! - [`spi`]: transactions and SPI helpers shared by both.
 
 use pgrx::prelude::*;
 
 mod api;
+mod catalog;
 mod gucs;
 mod spi;
 mod worker;

@@ -60,27 +60,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
     match take_backup(&id) {
         Ok(m) => {
             let ok = try_tx(|| {
-                Spi::run_with_args(
-                    "UPDATE backup.backups SET status = 'completed', phase = NULL, start_lsn = $2::pg_lsn, stop_lsn = $3::pg_lsn,
-                            timeline = $4, start_time = $5::timestamptz, stop_time = $6::timestamptz, size_bytes = $7,
-                            stored_bytes = $8, file_count = $9, duration = ($10 || ' milliseconds')::interval,
-                            page_checksum_failures = $11, bytes_done = $7, bytes_total = $7, progress_at = now()
-                      WHERE id = $1",
-                    &[
-                        id.to_string().into(),
-                        m.start_lsn.to_string().into(),
-                        m.stop_lsn.to_string().into(),
-                        (m.timeline.0 as i32).into(),
-                        m.start_time.to_rfc3339().into(),
-                        m.stop_time.to_rfc3339().into(),
-                        (m.stats.bytes as i64).into(),
-                        (m.stats.stored_bytes as i64).into(),
-                        (m.stats.files as i64).into(),
-                        m.stats.duration_ms.to_string().into(),
-                        (m.page_checksum_failures.len() as i32).into(),
-                    ],
-                )
-                .map_err(|e| e.to_string())?;
+                crate::catalog::upsert_completed(&m).map_err(|e| e.to_string())?;
                 event(&id, "info", &format!(
                     "completed: {} files, {} bytes -> {} stored, LSN {} .. {}",
                     m.stats.files, m.stats.bytes, m.stats.stored_bytes, m.start_lsn, m.stop_lsn
@@ -154,7 +134,7 @@ fn take_backup(id: &BackupId) -> Result<Manifest, String> {
     let config = gucs::load_config().map_err(|e| e.to_string())?;
     let mut repo = Repository::open(&config).map_err(|e| e.to_string())?;
     // Large files compress on several threads, so the last big file does not run alone.
-    repo.set_compress_threads(gucs::WORKERS.get() as usize);
+    repo.set_codec_threads(gucs::WORKERS.get() as usize);
     // SAFETY: DataDir is set for the life of the server; read on the main thread.
     let pgdata = PathBuf::from(unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned());
     let opts = BackupOptions {

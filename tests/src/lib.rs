@@ -585,13 +585,17 @@ impl Cluster {
     pub fn spawn_pgbench(&self, args: &[&str]) -> Background {
         static N: AtomicU16 = AtomicU16::new(0);
         let log = self.dir.join(format!("pgbench-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        Background::spawn(self.pgbench_command(args), &log)
+    }
+
+    fn pgbench_command(&self, args: &[&str]) -> Command {
         let mut cmd = postgres_command(pg_bin("pgbench"));
         cmd.args(["-U", "postgres", "-h"])
             .arg(&self.sockdir)
             .args(["-p", &self.port.to_string()])
             .args(args)
             .arg("postgres");
-        Background::spawn(cmd, &log)
+        cmd
     }
 
     /// The postmaster's pid, from the first line of `postmaster.pid` (None when the
@@ -603,13 +607,7 @@ impl Cluster {
     /// Run pgbench against this cluster's `postgres` database; must succeed.
     #[track_caller]
     pub fn pgbench(&self, args: &[&str]) {
-        let mut cmd = postgres_command(pg_bin("pgbench"));
-        cmd.args(["-U", "postgres", "-h"])
-            .arg(&self.sockdir)
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .arg("postgres");
-        let r = run(cmd, Duration::from_secs(600));
+        let r = run(self.pgbench_command(args), Duration::from_secs(600));
         assert!(r.success(), "pgbench on cluster {}:\n{r}", self.name);
     }
 

@@ -41,7 +41,7 @@ impl BackupSession for ClientSession {
 pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) -> Result<ExitCode> {
     let mut repo = Repository::open(config)?;
     // Large files compress on several threads, so the last big file does not run alone.
-    repo.set_compress_threads(workers);
+    repo.set_codec_threads(workers);
     let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
     let mut session = ClientSession(client);
     let id = BackupId::at(Utc::now());
@@ -133,7 +133,9 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
 
 pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: &RestoreRequest) -> Result<ExitCode> {
     let target = req.target()?;
-    let repo = Repository::open(config)?;
+    let mut repo = Repository::open(config)?;
+    // The largest files decompress on several threads, so one big file does not run alone.
+    repo.set_codec_threads(req.workers);
     let manifest = match req.backup_id {
         Some(id) => repo.read_manifest(&id.parse()?)?,
         None => repo.find_backup(&target)?,

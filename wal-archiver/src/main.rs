@@ -280,7 +280,7 @@ fn push(config_path: Option<&Path>, path: &Path) -> Result<ExitCode> {
     }
     let mut repo = Repository::open(&config)?;
     // archive_command handles one segment at a time: spread its compression over the cores.
-    repo.set_compress_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
+    repo.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
     match repo.push_wal(path)? {
         PushOutcome::Archived { .. } => {}
         PushOutcome::AlreadyArchived => {

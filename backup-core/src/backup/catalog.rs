@@ -175,7 +175,7 @@ impl Repository {
         let storage = self.storage();
         let result = if file.offset == 0 && storage.head(&file.object)?.is_some_and(|m| m.size == file.stored_size) {
             let mut input = std::io::BufReader::with_capacity(1 << 20, storage.get(&file.object)?);
-            codec::decode(&mut input, out, &aad, self.keys())
+            codec::decode_with_threads(&mut input, out, &aad, self.keys(), self.codec_threads())
         } else {
             let bytes = storage.get_range(&file.object, file.offset..file.offset + file.stored_size)?;
             codec::decode(&mut (&bytes[..]).take(file.stored_size), out, &aad, self.keys())

@@ -155,6 +155,12 @@ fn restore_files(repo: &Repository, files: &[FileEntry], pgdata: &Path, workers:
     let mut order: Vec<&FileEntry> = files.iter().collect();
     order.sort_by(|a, b| b.size.cmp(&a.size));
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    // Create every file here, one thread, in directory order: workers creating files side by
+    // side in one directory contend on its lock (most of a restore's kernel time otherwise).
+    for file in files {
+        let path = pgdata.join(&file.path);
+        fs::OpenOptions::new().write(true).create_new(true).mode(file.mode & 0o777).open(&path).map_err(write_err(&path))?;
+    }
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
@@ -182,7 +188,7 @@ fn restore_files(repo: &Repository, files: &[FileEntry], pgdata: &Path, workers:
 
 fn restore_one(repo: &Repository, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
     let path: PathBuf = pgdata.join(&file.path);
-    let out = fs::OpenOptions::new().write(true).create_new(true).mode(file.mode & 0o777).open(&path).map_err(write_err(&path))?;
+    let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
     repo.decode_file(file, &mut out)?;
     let out = out.into_inner().map_err(|e| RestoreError::Write { path: path.display().to_string(), cause: e.into_error() })?;

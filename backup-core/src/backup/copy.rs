@@ -80,6 +80,19 @@ impl std::fmt::Display for CancelMarker {
 
 impl std::error::Error for CancelMarker {}
 
+/// A failure to read the source file (as opposed to writing the repository), carried through
+/// the codec's I/O error.
+#[derive(Debug)]
+struct SourceReadError(io::Error);
+
+impl std::fmt::Display for SourceReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceReadError {}
+
 /// Copy `files` into `backup/<id>/data/`. `tick` runs on the calling thread about five times a
 /// second; returning `false` cancels the copy.
 pub fn copy_files(
@@ -254,7 +267,7 @@ impl<'a> Worker<'a> {
     fn map_codec(&self, e: codec::CodecError, key: &str, rel: &str) -> CopyError {
         match e {
             codec::CodecError::Io(io) if io.get_ref().is_some_and(|e| e.is::<CancelMarker>()) => CopyError::Cancelled,
-            codec::CodecError::Io(io) if io.kind() == io::ErrorKind::Other && io.to_string().starts_with("reading ") => {
+            codec::CodecError::Io(io) if io.get_ref().is_some_and(|e| e.is::<SourceReadError>()) => {
                 CopyError::Read { path: rel.to_string(), cause: io }
             }
             other => CopyError::Repo(RepoError::codec(key, other)),
@@ -326,7 +339,7 @@ impl SourceReader<'_> {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io::Error::other(format!("reading {}: {e}", self.rel))),
+                Err(e) => return Err(io::Error::other(SourceReadError(e))),
             }
         }
         self.buf.truncate(n);

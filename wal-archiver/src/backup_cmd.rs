@@ -168,16 +168,16 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
     let progress = RestoreProgress::default();
     eprintln!("wal-archiver: restoring {} ({} files, {}) into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
     restore_backup(&repo, &manifest, pgdata, &opts, &progress)?;
+    let then = match opts.target {
+        RecoveryTarget::Latest => String::new(),
+        _ => format!(", then {}", opts.action.as_str()),
+    };
     println!(
-        "restored {} into {}: {} of {} bytes; start the server to recover{}",
+        "restored {} into {} ({} bytes); start the server to recover to {}{then}",
         manifest.id,
         pgdata.display(),
         progress.bytes_done.load(Ordering::Relaxed),
-        progress.bytes_total.load(Ordering::Relaxed),
-        match &opts.target {
-            RecoveryTarget::Latest => " to the end of the archive".to_string(),
-            t => format!(" to {t:?}, then {}", opts.action.as_str()),
-        }
+        opts.target,
     );
     Ok(ExitCode::SUCCESS)
 }

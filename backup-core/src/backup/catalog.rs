@@ -27,6 +27,19 @@ pub enum RecoveryTarget {
     Name(String),
 }
 
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the archive"),
+            RecoveryTarget::Immediate => f.write_str("the moment the backup is consistent"),
+            RecoveryTarget::Time { text, .. } => write!(f, "time {text}"),
+            RecoveryTarget::Lsn(lsn) => write!(f, "LSN {lsn}"),
+            RecoveryTarget::Xid(xid) => write!(f, "transaction {xid}"),
+            RecoveryTarget::Name(name) => write!(f, "restore point {name:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct VerifyReport {
     pub backup: String,

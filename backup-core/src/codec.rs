@@ -538,7 +538,11 @@ impl Decompress {
     }
 }
 
-fn read_header(input: &mut dyn Read, keys: Option<&KeyRing>) -> Result<(Vec<u8>, Compression, Option<Opener>, Option<KeyId>), CodecError> {
+/// A parsed object header: its bytes (authenticated with every frame), the compression, and
+/// for encrypted objects the frame opener and the master key id.
+type Header = (Vec<u8>, Compression, Option<Opener>, Option<KeyId>);
+
+fn read_header(input: &mut dyn Read, keys: Option<&KeyRing>) -> Result<Header, CodecError> {
     let mut fixed = [0u8; 13];
     read_exact_or_truncated(input, &mut fixed)?;
     if &fixed[0..4] != MAGIC {

@@ -244,6 +244,12 @@ fn unseal(s: &Sealed, pass: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         .map_err(|_| KeyError::WrongPassphrase)
 }
 
+/// The passphrase in `path`, without its trailing newline.
+pub fn read_passphrase_file(path: &Path) -> Result<String, KeyError> {
+    let text = fs::read_to_string(path).map_err(|cause| KeyError::Io { path: path.display().to_string(), cause })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// A default key id: sortable by creation time, unique across machines.
 pub fn default_key_id() -> KeyId {
     let suffix: u16 = rand::random();

@@ -5,8 +5,6 @@
 //! `init`; everything that writes afterwards checks it first, so a misconfigured server can never
 //! mix its WAL into another cluster's archive.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, Compression, DecodeSummary, EncodeParams, EncodeSummary, Trailer, TRAILER_LEN};
@@ -72,15 +70,7 @@ impl Repository {
             return Ok(None);
         }
         let path = config.key_file.as_deref().ok_or(RepoError::NoKeyFile)?;
-        let passphrase = match &config.key_passphrase_file {
-            None => None,
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| KeyError::Io { path: p.display().to_string(), cause: e })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
-        };
+        let passphrase = config.key_passphrase_file.as_deref().map(crate::keys::read_passphrase_file).transpose()?;
         Ok(Some(KeyRing::load(path, passphrase.as_deref())?))
     }
 
@@ -193,11 +183,6 @@ fn read_info(storage: &dyn Storage) -> Result<RepoInfo, RepoError> {
         other => RepoError::Storage(other),
     })?;
     serde_json::from_slice(&bytes).map_err(|e| RepoError::BadInfo { location: storage.location(), reason: e.to_string() })
-}
-
-/// Is `path` the root of a repository? (For `check`, which reports rather than fails.)
-pub fn is_initialized(path: &Path) -> bool {
-    path.join(INFO_KEY).is_file()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -136,12 +136,11 @@ fn find_at(at: &str) -> String {
 #[pg_extern(volatile)]
 fn delete(id: &str) {
     let bid = parse_id(id);
-    if let Some((status, _)) = row_status(&bid) {
-        if status == "running" || status == "queued" {
-            error!("backup {id} is running; it cannot be deleted until it ends");
-        }
+    let status = row_status(&bid).map(|(s, _)| s);
+    if matches!(status.as_deref(), Some("running" | "queued")) {
+        error!("backup {id} is running; it cannot be deleted until it ends");
     }
-    let in_catalog = row_status(&bid).is_some();
+    let in_catalog = status.is_some();
     match open_repo().delete_backup(&bid) {
         Ok(_) => {}
         Err(backup_core::repo::RepoError::UnknownBackup { .. }) if in_catalog => {}

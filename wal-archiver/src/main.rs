@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use backup_core::archive::{self, FetchError, PushOutcome};
 use backup_core::backup::restore::TargetAction;
 use backup_core::cluster::ClusterIdentity;
@@ -221,10 +221,7 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn keygen(output: &Path, name: Option<String>, passphrase_file: Option<&Path>) -> Result<ExitCode> {
-    let passphrase = passphrase_file
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading passphrase file {}", p.display())))
-        .transpose()?
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_string());
+    let passphrase = passphrase_file.map(backup_core::keys::read_passphrase_file).transpose()?;
     let id = match name {
         Some(n) => KeyId::new(&n)?,
         None => default_key_id(),

@@ -220,7 +220,7 @@ impl<'a> Worker<'a> {
             cancel: self.cancel,
             throttle: self.throttle,
         };
-        let params = self.repo_params();
+        let params = self.repo.encode_params();
         let own_object = file.size >= OWN_OBJECT_SIZE;
         if own_object {
             let key = self.new_object_key();
@@ -258,10 +258,6 @@ impl<'a> Worker<'a> {
             out.objects += 1;
         }
         Ok(())
-    }
-
-    fn repo_params(&self) -> codec::EncodeParams<'a> {
-        self.repo.encode_params()
     }
 
     fn map_codec(&self, e: codec::CodecError, key: &str, rel: &str) -> CopyError {

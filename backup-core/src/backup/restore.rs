@@ -153,7 +153,7 @@ pub fn restore_backup(
 
 fn restore_files(repo: &Repository, files: &[FileEntry], pgdata: &Path, workers: usize, progress: &RestoreProgress) -> Result<(), RestoreError> {
     let mut order: Vec<&FileEntry> = files.iter().collect();
-    order.sort_by(|a, b| b.size.cmp(&a.size));
+    order.sort_by_key(|f| std::cmp::Reverse(f.size));
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     // Create every file here, one thread, in directory order: workers creating files side by
     // side in one directory contend on its lock (most of a restore's kernel time otherwise).

@@ -695,14 +695,28 @@ class Bench:
                 self.rmtree(d)
             log(f"logs kept in {self.work} (postgres.log, pgbackrest/log)")
 
+    @staticmethod
+    def ancestors():
+        pids, pid = set(), os.getpid()
+        while pid > 1 and pid not in pids:
+            pids.add(pid)
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    # the field after the parenthesised command name is the state, then the ppid
+                    pid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                break
+        return pids
+
     def kill_leftovers(self):
         """Processes still running from this run's work directory (e.g. pgBackRest's async
-        archive-push started by the archiver): everything that names our directory."""
-        me = os.getpid()
+        archive-push started by the archiver): everything that names our directory, except this
+        process and its ancestors (run.sh names the directory too when given --workdir)."""
+        spared = self.ancestors()
         needle = self.work.encode()
         found = []
         for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == me:
+            if not pid.isdigit() or int(pid) in spared:
                 continue
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:

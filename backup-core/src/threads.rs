@@ -26,3 +26,74 @@ where
         handles
     }
 }
+
+/// Tells a thread waiting for workers (and doing something else every so often meanwhile,
+/// such as progress reports) that they have ended, so that it moves on at once rather than at
+/// its next poll: a 200 ms poll left the CPU idle for up to 200 ms at the end of every backup.
+#[derive(Default)]
+pub struct Ended {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+/// Counts its worker as ended when dropped: on return and on panic alike.
+pub struct EndGuard<'a>(&'a Ended);
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.changed.notify_all();
+    }
+}
+
+impl Ended {
+    /// Take at the start of a worker.
+    pub fn guard(&self) -> EndGuard<'_> {
+        EndGuard(self)
+    }
+
+    /// Wait until `workers` have ended (true) or `interval` has passed, or one more of them
+    /// ended (false).
+    pub fn wait(&self, workers: usize, interval: std::time::Duration) -> bool {
+        let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        if *count >= workers {
+            return true;
+        }
+        let before = *count;
+        let (count, _) = self
+            .changed
+            .wait_timeout_while(count, interval, |c| *c == before)
+            .unwrap_or_else(|p| p.into_inner());
+        *count >= workers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_waiter_wakes_when_the_last_worker_ends_even_by_panic() {
+        let ended = Ended::default();
+        let work = |i: usize| {
+            let _end = ended.guard();
+            std::thread::sleep(Duration::from_millis(30 * (i as u64 + 1)));
+            if i == 1 {
+                panic!("worker {i} fails");
+            }
+        };
+        std::thread::scope(|scope| {
+            let handles = spawn_blocking_signals(scope, 2, &work);
+            let t = Instant::now();
+            let mut polls = 0;
+            while !ended.wait(2, Duration::from_secs(5)) {
+                polls += 1;
+            }
+            assert!(t.elapsed() < Duration::from_secs(2), "waited {:?} for workers that ended in 60 ms", t.elapsed());
+            assert_eq!(polls, 1, "one early wake when the first worker ended");
+            let panicked = handles.into_iter().map(|h| h.join().is_err()).collect::<Vec<_>>();
+            assert_eq!(panicked, [false, true]);
+        });
+    }
+}

@@ -114,7 +114,9 @@ pub fn copy_files(
     let result = Mutex::new(CopyResult::default());
     let workers = opts.workers.max(1);
 
+    let ended = crate::threads::Ended::default();
     let work = |_worker: usize| {
+            let _end = ended.guard();
             let mut w = Worker { repo, id, opts, progress, cancel: &cancel, object_seq: &object_seq, bundle: None, throttle: &throttle };
             let outcome = w.run(&files, &next);
             let mut r = result.lock().unwrap();
@@ -133,11 +135,13 @@ pub fn copy_files(
     };
     std::thread::scope(|scope| {
         let handles = crate::threads::spawn_blocking_signals(scope, workers, &work);
-        while !handles.iter().all(|h| h.is_finished()) {
+        loop {
             if !tick() {
                 cancel.store(true, Ordering::Relaxed);
             }
-            std::thread::sleep(Duration::from_millis(200));
+            if ended.wait(workers, Duration::from_millis(200)) {
+                break;
+            }
         }
         let mut first_error = None;
         for h in handles {
@@ -323,46 +327,46 @@ impl Throttle {
 }
 
 impl SourceReader<'_> {
-    fn fill(&mut self) -> io::Result<()> {
+    /// Read the next bytes of the file into `dst` (as much as fits, less only at the end),
+    /// verifying the pages they hold.
+    fn read_verified(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
             // Not ErrorKind::Interrupted: readers retry that (it means EINTR).
             return Err(io::Error::other(CancelMarker));
         }
-        self.buf.resize(READ_CHUNK, 0);
         let mut n = 0;
-        while n < READ_CHUNK {
-            match self.file.read(&mut self.buf[n..]) {
+        while n < dst.len() {
+            match self.file.read(&mut dst[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(io::Error::other(SourceReadError(e))),
             }
         }
-        self.buf.truncate(n);
-        self.served = 0;
         if let Some(first) = self.first_block {
-            self.verify_pages(first);
+            self.verify_pages(first, &mut dst[..n]);
         }
         self.pos += n as u64;
         self.progress.bytes_done.fetch_add(n as u64, Ordering::Relaxed);
         self.throttle.account(n as u64, self.cancel);
-        Ok(())
+        Ok(n)
     }
 
-    fn verify_pages(&mut self, first_block: u32) {
-        let whole = self.buf.len() / BLCKSZ * BLCKSZ;
+    /// Check every whole page of `data` (read from `self.pos`); a page that fails is read again
+    /// once, in place, since the server may have been writing it as we read it.
+    fn verify_pages(&mut self, first_block: u32, data: &mut [u8]) {
+        let whole = data.len() / BLCKSZ * BLCKSZ;
         for off in (0..whole).step_by(BLCKSZ) {
             let file_off = self.pos + off as u64;
             let blkno = first_block + (file_off / BLCKSZ as u64) as u32;
-            match check_page(&self.buf[off..off + BLCKSZ], blkno, self.start_lsn) {
+            match check_page(&data[off..off + BLCKSZ], blkno, self.start_lsn) {
                 PageCheck::Valid | PageCheck::New => {}
                 PageCheck::Torn | PageCheck::Corrupt { .. } => {
-                    // The server may have been writing this page as we read it: read it again.
                     let mut again = vec![0u8; BLCKSZ];
                     if self.file.read_exact_at(&mut again, file_off).is_ok() {
                         match check_page(&again, blkno, self.start_lsn) {
                             PageCheck::Valid | PageCheck::New | PageCheck::Torn => {
-                                self.buf[off..off + BLCKSZ].copy_from_slice(&again);
+                                data[off..off + BLCKSZ].copy_from_slice(&again);
                                 continue;
                             }
                             PageCheck::Corrupt { expected, found } => {
@@ -379,8 +383,19 @@ impl SourceReader<'_> {
 impl Read for SourceReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.served == self.buf.len() {
-            self.fill()?;
-            if self.buf.is_empty() {
+            // Nothing buffered and room for whole pages: straight into the caller's buffer
+            // (the codec reads a megabyte at a time), saving a copy of every byte.
+            if out.len() >= BLCKSZ && self.pos.is_multiple_of(BLCKSZ as u64) {
+                let whole = out.len() / BLCKSZ * BLCKSZ;
+                return self.read_verified(&mut out[..whole]);
+            }
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.resize(READ_CHUNK, 0);
+            let n = self.read_verified(&mut buf);
+            buf.truncate(*n.as_ref().unwrap_or(&0));
+            self.buf = buf;
+            self.served = 0;
+            if n? == 0 {
                 return Ok(0);
             }
         }

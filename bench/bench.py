@@ -157,7 +157,7 @@ class Bench:
             "raw": {
                 "backup": {"ours": [], "pgbackrest": [], "pg_basebackup": []},
                 "restore": {"ours": [], "pgbackrest": []},
-                "wal": {"ours": [], "pgbackrest_sync": [], "pgbackrest_async": []},
+                "wal": {"ours": [], "ours_module": [], "pgbackrest_sync": [], "pgbackrest_async": []},
                 "rss": {"push_kb": [], "backup_worker": [], "restore_kb": []},
                 "floor": {"compress": [], "write": []},
             },
@@ -242,12 +242,39 @@ class Bench:
         }
 
     def set_archive(self, name, reload=True, settle=0.5):
-        cmd = self.archive_cmds()[name]
+        # "ours_module": archive_library = 'pg_backup_ext' (no archive_command); all others
+        # are archive_commands. The archiver restarts when archive_library changes.
+        library = "pg_backup_ext" if name == "ours_module" else ""
+        cmd = "" if library else self.archive_cmds()[name]
+        self.library_changed = library != getattr(self, "archive_library", "")
+        if self.library_changed:
+            self.psql(f"ALTER SYSTEM SET archive_library = '{library}'")
+            self.archive_library = library
+            self.archiver_before = self.archiver_pid()
         self.psql("ALTER SYSTEM SET archive_command = '" + cmd.replace("'", "''") + "'")
         self.archive_mode = name
         if reload:
             self.psql("SELECT pg_reload_conf()")
+            self.wait_archiver_restart()
             time.sleep(settle)  # the archiver re-reads its configuration on SIGHUP
+
+    def archiver_pid(self):
+        return self.psql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'archiver'")
+
+    def wait_archiver_restart(self):
+        """After archive_library changed: the archiver exits, and PostgreSQL 15's postmaster
+        starts the new one only when something wakes it (a connection does): connect until it
+        is there, so no run is timed against a missing archiver."""
+        if not self.library_changed:
+            return
+        self.library_changed = False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid = self.archiver_pid()
+            if pid and pid != self.archiver_before:
+                return
+            time.sleep(0.02)
+        raise BenchError("the archiver did not restart after archive_library changed")
 
     def ready_files(self):
         d = os.path.join(self.pgdata, "pg_wal", "archive_status")
@@ -623,6 +650,7 @@ class Bench:
         ready_last = os.path.join(status_dir, last + ".ready")
         t0 = time.monotonic()
         self.psql("SELECT pg_reload_conf()")
+        self.wait_archiver_restart()  # inside the clock: switching to/from the module costs that
         last_check = t0
         failed0 = None
         while os.path.exists(ready_last) or any(f.endswith(".ready") and f[:24] <= last for f in os.listdir(status_dir)):
@@ -693,7 +721,7 @@ class Bench:
             log(f"        -> {rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}")
         # the WAL phase starts from the archiver of the last backup (ours); each run drains first
         for rep in range(1, a.reps + 1):
-            for tool in ("ours", "pgbackrest_sync", "pgbackrest_async"):
+            for tool in ("ours", "ours_module", "pgbackrest_sync", "pgbackrest_async"):
                 log(f"WAL     {tool:<16} rep {rep}/{a.reps}: producing {a.wal_segments} segments (archiving paused)")
                 r = self.wal_run(tool, rep, a.wal_segments)
                 log(f"        -> {r['segments']} segments in {r['seconds']:.2f}s = {r['segments_per_s']:.1f} seg/s, "
@@ -805,6 +833,10 @@ RATIO_ROWS = [
      ("wal", "pgbackrest_sync", "segments_per_s"), "higher", 1.5),
     ("wal_rate_vs_pgbackrest_async", "WAL rate / pgBackRest async", ("wal", "ours", "segments_per_s"),
      ("wal", "pgbackrest_async", "segments_per_s"), "higher", None),
+    ("wal_module_rate_vs_pgbackrest_sync", "WAL rate, archive_library / pgBackRest sync",
+     ("wal", "ours_module", "segments_per_s"), ("wal", "pgbackrest_sync", "segments_per_s"), "higher", 1.5),
+    ("wal_module_rate_vs_pgbackrest_async", "WAL rate, archive_library / pgBackRest async",
+     ("wal", "ours_module", "segments_per_s"), ("wal", "pgbackrest_async", "segments_per_s"), "higher", None),
 ]
 
 RSS_ROWS = [
@@ -868,19 +900,19 @@ def print_tables(results):
     print()
     print("Ratios ours / theirs: median of ours / median of theirs; spread = min..max of the per-rep ratios.")
     print("RSS rows: peak MB of our processes (value = max over all samples; spread = min..max).")
-    hdr = f"{'measure':<40} {'value':>7} {'spread':>15}  {'better':<13} {'target':<8} {'met':<4}"
+    hdr = f"{'measure':<46} {'value':>7} {'spread':>15}  {'better':<13} {'target':<8} {'met':<4}"
     print(hdr)
     print("-" * len(hdr))
     for r in results["ratios"]:
         sp = f"{fmt(r['min'])}..{fmt(r['max'])}"
         tgt = "-" if r["target"] is None else (("<= " if r["better"] == "lower" else ">= ") + f"{r['target']}")
         met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
-        print(f"{r['label']:<40} {fmt(r['value']):>7} {sp:>15}  {r['better'] + ' better':<13} {tgt:<8} {met:<4}")
+        print(f"{r['label']:<46} {fmt(r['value']):>7} {sp:>15}  {r['better'] + ' better':<13} {tgt:<8} {met:<4}")
     for r in results["rss"]:
         sp = f"{fmt(r['min'], 1)}..{fmt(r['max'], 1)}"
         tgt = "-" if r["target"] is None else f"<= {r['target']}"
         met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
-        print(f"{'ours: ' + r['label']:<40} {fmt(r['value'], 1):>7} {sp:>15}  {'lower better':<13} {tgt:<8} {met:<4}")
+        print(f"{'ours: ' + r['label']:<46} {fmt(r['value'], 1):>7} {sp:>15}  {'lower better':<13} {tgt:<8} {met:<4}")
     print()
     print("Medians (min..max)")
     s = results["summary"]
@@ -889,7 +921,7 @@ def print_tables(results):
         d = s.get(key, {}).get(field)
         if not d or d["median"] is None:
             return
-        print(f"  {label:<40} {conv(d['median']):>10.{digits}f} {unit:<5} ({conv(d['min']):.{digits}f}..{conv(d['max']):.{digits}f})")
+        print(f"  {label:<46} {conv(d['median']):>10.{digits}f} {unit:<5} ({conv(d['min']):.{digits}f}..{conv(d['max']):.{digits}f})")
 
     for tool in ("ours", "pgbackrest", "pg_basebackup"):
         line(f"backup {tool}", f"backup.{tool}", "seconds", unit="s")
@@ -898,7 +930,7 @@ def print_tables(results):
     for tool in ("ours", "pgbackrest"):
         line(f"restore {tool}", f"restore.{tool}", "seconds", unit="s")
     line("floor: cp -a + sync alone", "floor.write", "seconds", unit="s")
-    for tool in ("ours", "pgbackrest_sync", "pgbackrest_async"):
+    for tool in ("ours", "ours_module", "pgbackrest_sync", "pgbackrest_async"):
         line(f"WAL {tool}", f"wal.{tool}", "mb_per_s", unit="MB/s", digits=1)
     print()
 

@@ -6,12 +6,15 @@
 //! - [`gucs`]: `backup.*` settings;
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
 //! - [`worker`]: the background worker that takes a backup;
+//! - [`archive_module`]: `archive_library = 'pg_backup_ext'`, WAL archiving without a process
+//!   per segment;
 //! - [`catalog`]: writing `backup.backups` from manifests;
 //! - [`spi`]: transactions and SPI helpers shared by both.
 
 use pgrx::prelude::*;
 
 mod api;
+mod archive_module;
 mod catalog;
 mod gucs;
 mod spi;

@@ -807,7 +807,7 @@ pub struct ArchiverConfig {
 }
 
 impl ArchiverConfig {
-    fn to_toml(&self) -> String {
+    pub fn to_toml(&self) -> String {
         fn s(p: &Path) -> String {
             format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
         }

@@ -961,3 +961,71 @@ fn sql_verify_names_flipped_object() {
         "backup.delete(): the manifest of {id} is still in the repository"
     );
 }
+
+/// `archive_library = 'pg_backup_ext'`: segments reach the repository from inside the archiver
+/// (no archive_command, no process per segment), a configuration that cannot work fails loudly
+/// and recovers with a reload, and a backup whose WAL came that way restores and recovers.
+#[test]
+fn archive_library_module() {
+    let archiver = Archiver::new("module");
+    let c = Cluster::initdb("module");
+    archiver.init(&c.pgdata).assert_ok("module: init repository");
+    let config = archiver.config_path.to_string_lossy().into_owned();
+    c.set(&[
+        ("wal_level", "replica"),
+        ("archive_mode", "on"),
+        ("archive_library", "pg_backup_ext"),
+        ("shared_preload_libraries", "pg_backup_ext"),
+        ("backup.config_file", config.as_str()),
+    ]);
+    c.start();
+    c.psql("CREATE EXTENSION pg_backup_ext");
+    assert_eq!(c.psql("SHOW archive_command"), "", "module: archive_command must stay empty in this test");
+    c.pgbench(&["-i", "-s", "1", "-q"]);
+    c.psql("CREATE TABLE walgen (v text)");
+    // A switch closes a segment only if something was written since the last one.
+    let write_and_switch = || {
+        c.psql("INSERT INTO walgen SELECT md5(g::text) FROM generate_series(1, 1000) g");
+        c.switch_wal()
+    };
+
+    // Step 1: closed segments are archived by the module, valid in the repository.
+    let segments: Vec<String> = (0..3).map(|_| write_and_switch()).collect();
+    assert_eq!(segments.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "step 1: three segments {segments:?}");
+    c.wait_archived(segments.last().unwrap(), ARCHIVE_WAIT);
+    let list = archiver.run(&["wal-list", "--verify"]);
+    list.assert_ok("step 1: wal-list --verify");
+    for s in &segments {
+        assert!(list.stdout.contains(s.as_str()), "step 1: {s} archived by the module is not in the repository\n{list}");
+    }
+
+    // Step 2: the configuration file now names an uninitialized repository (the module reads
+    // it for every segment): attempts fail, the server log names the segment and the cause; the
+    // right file back and a reload (which wakes the archiver) let archiving catch up.
+    let good = fs::read_to_string(&archiver.config_path).unwrap();
+    let missing = archiver.dir().join("no-such-repository");
+    let broken = ArchiverConfig { repo_path: missing, ..archiver.config.clone() };
+    fs::write(&archiver.config_path, broken.to_toml()).unwrap();
+    let failed_before = c.archiver_stats().failed_count;
+    let stuck = write_and_switch();
+    wait_until("step 2: a failed archiving attempt", ARCHIVE_WAIT, || c.archiver_stats().failed_count > failed_before);
+    let log = c.log_tail(60);
+    assert!(
+        log.contains(&format!("pg_backup_ext: archiving {stuck} failed")) && log.contains("no-such-repository"),
+        "step 2: the server log must say which segment failed and name the repository\n{log}"
+    );
+    assert!(!c.is_archived(&stuck), "step 2: {stuck} counted as archived into a repository that does not exist");
+    fs::write(&archiver.config_path, good).unwrap();
+    c.psql("SELECT pg_reload_conf()");
+    c.wait_archived(&stuck, ARCHIVE_WAIT);
+
+    // Step 3: a backup (whose last segment the module archives) restores and recovers.
+    c.psql("CREATE TABLE marks AS SELECT g AS id FROM generate_series(1, 12345) g");
+    let id = sql_backup_and_check(&c, &archiver, "step 3");
+    let r = Cluster::unpopulated("module-restored");
+    restore_into(&archiver, &r.pgdata, &["--backup-id", &id, "--target", "immediate", "--archive-mode", "off"])
+        .assert_ok("step 3: restore");
+    start_restored(&r);
+    assert_eq!(r.psql("SELECT count(*) FROM marks"), "12345", "step 3: restored {id}");
+    assert_eq!(r.psql("SELECT count(*) FROM pgbench_accounts"), "100000", "step 3: restored {id}");
+}

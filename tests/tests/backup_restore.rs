@@ -998,6 +998,10 @@ fn archive_library_module() {
     for s in &segments {
         assert!(list.stdout.contains(s.as_str()), "step 1: {s} archived by the module is not in the repository\n{list}");
     }
+    let pgdata = c.pgdata.to_string_lossy().into_owned();
+    archiver
+        .run(&["check", "--pgdata", &pgdata, "--dbname", &c.conninfo(), "--archive-timeout", "60"])
+        .assert_ok("step 1: wal-archiver check accepts archive_library = 'pg_backup_ext' and sees a switch archived");
 
     // Step 2: the configuration file now names an uninitialized repository (the module reads
     // it for every segment): attempts fail, the server log names the segment and the cause; the

@@ -81,10 +81,6 @@ def dir_bytes(path):
     return total
 
 
-def tag_rep(rep, reps):
-    return f"rep {rep}/{reps}"
-
-
 def spread(values):
     vals = [v for v in values if v is not None]
     if not vals:
@@ -137,6 +133,10 @@ class Bench:
         self.basebackup_dir = os.path.join(self.work, "basebackup")
         self.started_cluster = False
         self.children = []
+        # archive_library currently set (set_archive), and whether the archiver must be awaited
+        self.archive_library = ""
+        self.library_changed = False
+        self.archiver_before = ""
         self.seg_size = None
         self.restore_target_ok = True
         self.results = {
@@ -246,7 +246,7 @@ class Bench:
         # are archive_commands. The archiver restarts when archive_library changes.
         library = "pg_backup_ext" if name == "ours_module" else ""
         cmd = "" if library else self.archive_cmds()[name]
-        self.library_changed = library != getattr(self, "archive_library", "")
+        self.library_changed = library != self.archive_library
         if self.library_changed:
             self.psql(f"ALTER SYSTEM SET archive_library = '{library}'")
             self.archive_library = library
@@ -594,11 +594,11 @@ class Bench:
         cmd = (f"tar -C {self.pgdata} --exclude=./pg_wal -cf - . 2>/dev/null "
                f"| zstd -3 -T{self.args.workers} -B1M -q -c | wc -c")
         t0 = time.monotonic()
-        out = self.run(["bash", "-c", cmd], as_pg=False).stdout
+        stored = int(self.run(["bash", "-c", cmd], as_pg=False).stdout.split()[0])
         secs = time.monotonic() - t0
-        self.results["raw"]["floor"]["compress"].append({"rep": rep, "seconds": secs, "stored_bytes": int(out.split()[0])})
-        log(f"floor   zstd -3 -T{self.args.workers} alone {tag_rep(rep, self.args.reps)}")
-        log(f"        -> {secs:.2f}s, {fmt_bytes(int(out.split()[0]))}")
+        r = {"rep": rep, "seconds": secs, "stored_bytes": stored}
+        self.results["raw"]["floor"]["compress"].append(r)
+        return r
 
     def restore_pgbackrest(self, rep, label):
         target = os.path.join(self.restore_dir, "pgbackrest")
@@ -712,7 +712,9 @@ class Bench:
             log(f"backup  pg_basebackup  {tag}")
             r2 = self.backup_basebackup(rep)
             log(f"        -> {r2['seconds']:.2f}s, stored {fmt_bytes(r2['stored_bytes'])}")
-            self.floor_compress(rep)
+            log(f"floor   zstd -3 alone  {tag}")
+            rf = self.floor_compress(rep)
+            log(f"        -> {rf['seconds']:.2f}s, {fmt_bytes(rf['stored_bytes'])}")
             log(f"restore ours           {tag} ({r['id']})")
             rr = self.restore_ours(rep, r["id"])
             log(f"        -> {rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}, peak RSS {rr['peak_rss_kb'] / 1024:.1f} MB")

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::config::{refuse_repo_inside_pgdata, Config};
 use crate::repo::{RepoError, Repository};
 use crate::storage::{ObjectMeta, PutMode, StorageError};
 use crate::wal::{xlog_page_magic, LongPageHeader, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
@@ -39,6 +40,20 @@ pub enum PushError {
 }
 
 impl Repository {
+    /// The repository as `archive_command` and `archive_library` use it: they run in the data
+    /// directory, so a repository inside it is refused; and they handle one segment at a time,
+    /// so its compression is spread over the cores.
+    pub fn open_for_archiving(config: &Config) -> Result<Repository, RepoError> {
+        if let Ok(cwd) = std::env::current_dir() {
+            if cwd.join("PG_VERSION").is_file() {
+                refuse_repo_inside_pgdata(config.repo_path()?, &cwd)?;
+            }
+        }
+        let mut repo = Repository::open(config)?;
+        repo.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
+        Ok(repo)
+    }
+
     /// `archive_command`: store the WAL file at `path` durably, once.
     pub fn push_wal(&self, path: &Path) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -15,15 +15,19 @@ where
     F: Fn(usize) -> T + Sync,
     T: Send + 'scope,
 {
+    with_all_signals_blocked(|| (0..count).map(|i| scope.spawn(move || work(i))).collect())
+}
+
+fn with_all_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: plain libc calls on properly initialized sigset_t values of this thread.
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut previous: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        let handles = (0..count).map(|i| scope.spawn(move || work(i))).collect();
+        let r = f();
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        handles
+        r
     }
 }
 
@@ -37,7 +41,7 @@ pub struct Ended {
 }
 
 /// Counts its worker as ended when dropped: on return and on panic alike.
-pub struct EndGuard<'a>(&'a Ended);
+struct EndGuard<'a>(&'a Ended);
 
 impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
@@ -47,9 +51,27 @@ impl Drop for EndGuard<'_> {
 }
 
 impl Ended {
-    /// Take at the start of a worker.
-    pub fn guard(&self) -> EndGuard<'_> {
-        EndGuard(self)
+    /// [`spawn_blocking_signals`], each worker counted here when it ends (returns or panics).
+    pub fn spawn<'scope, 'env, F, T>(
+        &'scope self,
+        scope: &'scope Scope<'scope, 'env>,
+        count: usize,
+        work: &'scope F,
+    ) -> Vec<ScopedJoinHandle<'scope, T>>
+    where
+        F: Fn(usize) -> T + Sync,
+        T: Send + 'scope,
+    {
+        with_all_signals_blocked(|| {
+            (0..count)
+                .map(|i| {
+                    scope.spawn(move || {
+                        let _end = EndGuard(self);
+                        work(i)
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Wait until `workers` have ended (true) or `interval` has passed, or one more of them
@@ -77,14 +99,13 @@ mod tests {
     fn the_waiter_wakes_when_the_last_worker_ends_even_by_panic() {
         let ended = Ended::default();
         let work = |i: usize| {
-            let _end = ended.guard();
             std::thread::sleep(Duration::from_millis(30 * (i as u64 + 1)));
             if i == 1 {
                 panic!("worker {i} fails");
             }
         };
         std::thread::scope(|scope| {
-            let handles = spawn_blocking_signals(scope, 2, &work);
+            let handles = ended.spawn(scope, 2, &work);
             let t = Instant::now();
             let mut polls = 0;
             while !ended.wait(2, Duration::from_secs(5)) {

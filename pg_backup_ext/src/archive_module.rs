@@ -104,7 +104,7 @@ fn push(path: &Path, config: &Config) -> Result<PushOutcome, Error> {
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
     if open.as_ref().map(|o| &o.source) != Some(&source) {
         *open = None;
-        *open = Some(Open { repo: open_repository(&source.config)?, source });
+        *open = Some(Open { repo: Repository::open_for_archiving(&source.config)?, source });
     }
     let outcome = open.as_ref().expect("opened above").repo.push_wal(path);
     if outcome.is_err() {
@@ -112,17 +112,4 @@ fn push(path: &Path, config: &Config) -> Result<PushOutcome, Error> {
         *open = None;
     }
     Ok(outcome?)
-}
-
-fn open_repository(config: &Config) -> Result<Repository, Error> {
-    // The archiver runs in the data directory: refuse a repository inside it, as push does.
-    if let Ok(cwd) = std::env::current_dir() {
-        if cwd.join("PG_VERSION").is_file() {
-            backup_core::config::refuse_repo_inside_pgdata(config.repo_path()?, &cwd)?;
-        }
-    }
-    let mut repo = Repository::open(config)?;
-    // One segment at a time: spread its compression over the cores, as push does.
-    repo.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
-    Ok(repo)
 }

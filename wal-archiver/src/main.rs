@@ -268,16 +268,7 @@ fn init(config_path: Option<&Path>, pgdata: &Path) -> Result<ExitCode> {
 }
 
 fn push(config_path: Option<&Path>, path: &Path) -> Result<ExitCode> {
-    let config = load_config(config_path)?;
-    // archive_command runs in the data directory: refuse a repository inside it.
-    if let Ok(cwd) = std::env::current_dir() {
-        if cwd.join("PG_VERSION").is_file() {
-            refuse_repo_inside_pgdata(config.repo_path()?, &cwd)?;
-        }
-    }
-    let mut repo = Repository::open(&config)?;
-    // archive_command handles one segment at a time: spread its compression over the cores.
-    repo.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
+    let repo = Repository::open_for_archiving(&load_config(config_path)?)?;
     match repo.push_wal(path)? {
         PushOutcome::Archived { .. } => {}
         PushOutcome::AlreadyArchived => {

@@ -116,7 +116,6 @@ pub fn copy_files(
 
     let ended = crate::threads::Ended::default();
     let work = |_worker: usize| {
-            let _end = ended.guard();
             let mut w = Worker { repo, id, opts, progress, cancel: &cancel, object_seq: &object_seq, bundle: None, throttle: &throttle };
             let outcome = w.run(&files, &next);
             let mut r = result.lock().unwrap();
@@ -134,7 +133,7 @@ pub fn copy_files(
             }
     };
     std::thread::scope(|scope| {
-        let handles = crate::threads::spawn_blocking_signals(scope, workers, &work);
+        let handles = ended.spawn(scope, workers, &work);
         loop {
             if !tick() {
                 cancel.store(true, Ordering::Relaxed);
@@ -391,11 +390,10 @@ impl Read for SourceReader<'_> {
             }
             let mut buf = std::mem::take(&mut self.buf);
             buf.resize(READ_CHUNK, 0);
-            let n = self.read_verified(&mut buf);
-            buf.truncate(*n.as_ref().unwrap_or(&0));
-            self.buf = buf;
-            self.served = 0;
-            if n? == 0 {
+            let read = self.read_verified(&mut buf);
+            buf.truncate(read.as_ref().map_or(0, |n| *n));
+            (self.buf, self.served) = (buf, 0);
+            if read? == 0 {
                 return Ok(0);
             }
         }

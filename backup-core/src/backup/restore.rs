@@ -170,7 +170,7 @@ impl Writeback {
         for (path, dir) in &self.roots {
             // SAFETY: a valid open descriptor. syncfs reports writeback errors of the filesystem.
             if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) } != 0 {
-                return Err(RestoreError::Write { path: path.display().to_string(), cause: std::io::Error::last_os_error() });
+                return Err(write_err(path)(std::io::Error::last_os_error()));
             }
         }
         Ok(())
@@ -202,7 +202,6 @@ fn restore_files(
     };
     let ended = crate::threads::Ended::default();
     let work = |_: usize| {
-        let _end = ended.guard();
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(file) = order.get(i) else { break };
@@ -220,7 +219,7 @@ fn restore_files(
         }
     };
     std::thread::scope(|scope| {
-        let handles = crate::threads::spawn_blocking_signals(scope, workers.max(1), &work);
+        let handles = ended.spawn(scope, workers.max(1), &work);
         for (i, file) in order.iter().enumerate() {
             if failed.load(Ordering::Relaxed) {
                 break;
@@ -228,7 +227,7 @@ fn restore_files(
             let path = pgdata.join(&file.path);
             match fs::OpenOptions::new().write(true).create_new(true).mode(file.mode & 0o777).open(&path) {
                 Ok(_) => created.store(i + 1, Ordering::Release),
-                Err(e) => fail(RestoreError::Write { path: path.display().to_string(), cause: e }),
+                Err(e) => fail(write_err(&path)(e)),
             }
         }
         while !ended.wait(workers.max(1), WRITEBACK_INTERVAL) {
@@ -251,12 +250,8 @@ fn restore_one(repo: &Repository, file: &FileEntry, pgdata: &Path) -> Result<(),
     let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
     repo.decode_file(file, &mut out)?;
-    let out = out.into_inner().map_err(|e| RestoreError::Write { path: path.display().to_string(), cause: e.into_error() })?;
-    // Start writing this file back now, while the workers decode others (the periodic syncfs
-    // would otherwise be the first to ask).
-    // SAFETY: a valid open descriptor; SYNC_FILE_RANGE_WRITE only initiates writeback.
-    unsafe { libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(&out), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    Ok(())
+    // Written back by restore_files' periodic syncfs, which also makes it durable.
+    out.flush().map_err(write_err(&path))
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {

@@ -42,9 +42,15 @@ install: build install-ext
 demo: install
 	bash scripts/demo.sh
 
-# Tests use the dev profile (dependencies optimised, see Cargo.toml) and the extension built
-# with it, installed into the system PostgreSQL: the end-to-end tests load it in real clusters.
+# Tests use the dev profile (dependencies optimised, see Cargo.toml). First the extension's
+# in-server tests (#[pg_test], in a cluster cargo-pgrx starts as the OS user postgres), then the
+# extension built without them, installed into the system PostgreSQL: the end-to-end tests load
+# it in real clusters.
+PGRX_TEST_PGDATA ?= /tmp/pg_backup_ext-pgrx-test
+
 test: deps
+	rm -rf $(PGRX_TEST_PGDATA)
+	$(CARGO) pgrx test pg15 -p pg_backup_ext --runas postgres --pgdata $(PGRX_TEST_PGDATA)
 	$(CARGO) pgrx install -p pg_backup_ext --pg-config $(PG_CONFIG)
 	$(CARGO) build -p wal-archiver
 	$(CARGO) test --workspace --exclude pg_backup_ext

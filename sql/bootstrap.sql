@@ -7,7 +7,7 @@ COMMENT ON SCHEMA backup IS 'pg_backup_ext: backups and point-in-time recovery, 
 CREATE TABLE backup.backups (
     id             text PRIMARY KEY CHECK (id ~ '^backup_\d{8}_\d{6}$'),
     type           text NOT NULL DEFAULT 'full' CHECK (type IN ('full', 'incremental')),
-    status         text NOT NULL CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+    status         text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
     start_lsn      pg_lsn,
     stop_lsn       pg_lsn,
     timeline       int,
@@ -48,7 +48,7 @@ CREATE FUNCTION backup.reap_stale() RETURNS int LANGUAGE sql AS $$
         UPDATE backup.backups b
            SET status = 'failed', phase = NULL, stop_time = coalesce(b.progress_at, now()),
                error = coalesce(b.error, 'the backup worker ended without finishing (killed, crashed, or the server stopped)')
-         WHERE b.status IN ('queued', 'running')
+         WHERE b.status = 'running'
            AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
                             WHERE a.pid = b.worker_pid AND a.backend_type = 'pg_backup_ext backup')
         RETURNING b.id)

@@ -19,6 +19,7 @@
 //! segment again" from "different segment under the same name" with a ranged read of 44 bytes,
 //! without downloading or decrypting anything.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -77,11 +78,38 @@ pub struct EncodeParams<'a> {
     pub threads: usize,
 }
 
+/// SHA-256 of a plaintext; written as 64 hex digits in manifests and messages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Digest(pub [u8; 32]);
+
+impl fmt::Display for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Digest({self})")
+    }
+}
+
+impl std::str::FromStr for Sha256Digest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).map_err(|e| format!("{s:?} is not a SHA-256 digest (64 hex digits): {e}"))?;
+        Ok(Sha256Digest(out))
+    }
+}
+
+crate::serde_as_string!(Sha256Digest);
+
 /// What the trailer says about the plaintext, readable without any key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Trailer {
     pub plaintext_size: u64,
-    pub sha256: [u8; 32],
+    pub sha256: Sha256Digest,
 }
 
 impl Trailer {
@@ -91,14 +119,14 @@ impl Trailer {
         }
         Ok(Trailer {
             plaintext_size: u64::from_be_bytes(bytes[0..8].try_into().unwrap()),
-            sha256: bytes[8..40].try_into().unwrap(),
+            sha256: Sha256Digest(bytes[8..40].try_into().unwrap()),
         })
     }
 
     fn to_bytes(self) -> [u8; TRAILER_LEN as usize] {
         let mut out = [0u8; TRAILER_LEN as usize];
         out[0..8].copy_from_slice(&self.plaintext_size.to_be_bytes());
-        out[8..40].copy_from_slice(&self.sha256);
+        out[8..40].copy_from_slice(&self.sha256.0);
         out[40..44].copy_from_slice(END_MAGIC);
         out
     }
@@ -224,7 +252,7 @@ pub fn encode(input: &mut dyn Read, output: &mut dyn Write, object: &str, params
             break;
         }
     }
-    let trailer = Trailer { plaintext_size, sha256: hasher.finalize().into() };
+    let trailer = Trailer { plaintext_size, sha256: Sha256Digest(hasher.finalize().into()) };
     let stored_size = framer.finish(trailer)?;
     Ok(EncodeSummary { trailer, stored_size })
 }
@@ -409,9 +437,9 @@ pub fn decode_with_threads(
     }
     sink.inner.flush()?;
     let actual: [u8; 32] = sink.hasher.finalize().into();
-    if sink.size != trailer.plaintext_size || actual != trailer.sha256 {
+    if sink.size != trailer.plaintext_size || actual != trailer.sha256.0 {
         return Err(CodecError::DigestMismatch {
-            expected: hex::encode(trailer.sha256),
+            expected: trailer.sha256.to_string(),
             actual: hex::encode(actual),
         });
     }
@@ -614,14 +642,14 @@ impl Write for HashingWriter<'_> {
 }
 
 /// SHA-256 of a whole stream, in the same blocks the encoder reads.
-pub fn sha256_of(input: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
+pub fn sha256_of(input: &mut dyn Read) -> io::Result<(Sha256Digest, u64)> {
     let mut hasher = Sha256::new();
     let mut block = vec![0u8; READ_BLOCK];
     let mut size = 0u64;
     loop {
         let n = read_full(input, &mut block)?;
         if n == 0 {
-            return Ok((hasher.finalize().into(), size));
+            return Ok((Sha256Digest(hasher.finalize().into()), size));
         }
         size += n as u64;
         hasher.update(&block[..n]);
@@ -630,7 +658,7 @@ pub fn sha256_of(input: &mut dyn Read) -> io::Result<([u8; 32], u64)> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("not a pg_backup_ext object (bad magic)")]
     NotAnObject,

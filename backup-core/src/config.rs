@@ -10,14 +10,18 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::codec::Compression;
+use crate::storage::Location;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pg_backup_ext/pg_backup_ext.conf";
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Repository directory (`BACKUP_DIR`).
+    /// Repository directory (`BACKUP_DIR`): the single local repository, named `local`.
     pub repo_path: Option<PathBuf>,
+    /// More repositories (`[[repos]]`), after `repo_path` if both are given. The first
+    /// repository is the primary one: backups, WAL and restores use it.
+    pub repos: Vec<RepoConfig>,
     /// Compress with zstd (`BACKUP_COMPRESSION`).
     pub compression: bool,
     /// zstd level 1-19 (`BACKUP_COMPRESSION_LEVEL`).
@@ -39,6 +43,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             repo_path: None,
+            repos: Vec::new(),
             compression: true,
             compression_level: 3,
             encryption: true,
@@ -65,7 +70,9 @@ impl Config {
             }
             None => match std::fs::read_to_string(DEFAULT_CONFIG_PATH) {
                 Ok(t) => (t, DEFAULT_CONFIG_PATH.to_string()),
-                Err(_) => (String::new(), "defaults".to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (String::new(), "defaults".to_string()),
+                // There but unreadable: running on defaults would hide the real configuration.
+                Err(e) => return Err(ConfigError::Read { path: DEFAULT_CONFIG_PATH.to_string(), cause: e }),
             },
         };
         Config::parse(&text, &source, env)
@@ -99,11 +106,31 @@ impl Config {
         if !(1..=19).contains(&c.compression_level) {
             return Err(ConfigError::Invalid(format!("compression_level {} is out of range 1-19", c.compression_level)));
         }
+        let repos = c.repositories();
+        for (i, r) in repos.iter().enumerate() {
+            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+                return Err(ConfigError::Invalid(format!("repository name {:?}: use letters, digits, '_' and '-'", r.name)));
+            }
+            if repos[..i].iter().any(|o| o.name == r.name) {
+                return Err(ConfigError::Invalid(format!("two repositories are named {:?}; names must be unique", r.name)));
+            }
+        }
         Ok(c)
     }
 
-    pub fn repo_path(&self) -> Result<&Path, ConfigError> {
-        self.repo_path.as_deref().ok_or(ConfigError::NoRepository)
+    /// Every configured repository, primary first: `repo_path` (as `local`), then `[[repos]]`.
+    pub fn repositories(&self) -> Vec<RepoConfig> {
+        let implicit = self.repo_path.as_ref().map(|p| RepoConfig {
+            name: "local".to_string(),
+            location: Location::Local { path: p.clone() },
+            retention_days: None,
+        });
+        implicit.into_iter().chain(self.repos.iter().cloned()).collect()
+    }
+
+    /// The repository backups, WAL archiving and restores use.
+    pub fn primary_repo(&self) -> Result<RepoConfig, ConfigError> {
+        self.repositories().into_iter().next().ok_or(ConfigError::NoRepository)
     }
 
     pub fn compression(&self) -> Compression {
@@ -112,6 +139,38 @@ impl Config {
         } else {
             Compression::None
         }
+    }
+}
+
+/// One `[[repos]]` entry: where a repository lives and what it overrides.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(try_from = "RepoEntry")]
+pub struct RepoConfig {
+    pub name: String,
+    pub location: Location,
+    /// Days to keep backups in this repository (default: the global `retention_days`).
+    pub retention_days: Option<u32>,
+}
+
+/// `[[repos]]` as written; each storage type takes its own fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepoEntry {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    path: Option<PathBuf>,
+    retention_days: Option<u32>,
+}
+
+impl TryFrom<RepoEntry> for RepoConfig {
+    type Error = String;
+    fn try_from(e: RepoEntry) -> Result<RepoConfig, String> {
+        let location = match e.kind.as_str() {
+            "local" => Location::Local { path: e.path.ok_or_else(|| format!("repository {:?} of type local needs a path", e.name))? },
+            other => return Err(format!("repository {:?} has type {other:?}; the supported type is \"local\"", e.name)),
+        };
+        Ok(RepoConfig { name: e.name, location, retention_days: e.retention_days })
     }
 }
 
@@ -124,8 +183,15 @@ fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
 }
 
 /// A repository inside the data directory would be copied into every base backup and deleted
-/// by every restore: refuse it outright.
-pub fn refuse_repo_inside_pgdata(repo: &Path, pgdata: &Path) -> Result<(), ConfigError> {
+/// by every restore: refuse it outright. Only a local repository can be there.
+pub fn refuse_repo_inside_pgdata(repo: &Location, pgdata: &Path) -> Result<(), ConfigError> {
+    match repo.local_path() {
+        Some(path) => refuse_dir_inside_pgdata(path, pgdata),
+        None => Ok(()),
+    }
+}
+
+fn refuse_dir_inside_pgdata(repo: &Path, pgdata: &Path) -> Result<(), ConfigError> {
     let pgdata = pgdata.canonicalize().unwrap_or_else(|_| pgdata.to_path_buf());
     // The repository may not exist yet: resolve its nearest existing ancestor.
     let mut existing = repo.to_path_buf();
@@ -151,8 +217,8 @@ pub fn refuse_repo_inside_pgdata(repo: &Path, pgdata: &Path) -> Result<(), Confi
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
+    #[error("cannot read configuration file {path}")]
+    Read { path: String, #[source] cause: std::io::Error },
     #[error("configuration file {path}: {reason}")]
     Parse { path: String, reason: String },
     #[error("environment variable {var}={value:?} is not {expected}")]
@@ -184,7 +250,7 @@ mod tests {
         let c = Config::parse("", "t", no_env).unwrap();
         assert!(c.encryption && c.compression);
         assert_eq!(c.compression(), Compression::Zstd { level: 3 });
-        assert!(matches!(c.repo_path(), Err(ConfigError::NoRepository)));
+        assert!(matches!(c.primary_repo(), Err(ConfigError::NoRepository)));
     }
 
     #[test]
@@ -197,7 +263,7 @@ mod tests {
             _ => None,
         };
         let c = Config::parse(file, "t", env).unwrap();
-        assert_eq!(c.repo_path().unwrap(), Path::new("/from/env"));
+        assert_eq!(c.primary_repo().unwrap().location, Location::Local { path: "/from/env".into() });
         assert!(!c.encryption);
         assert_eq!(c.compression_level, 5);
         assert_eq!(c.retention_days, 7);
@@ -217,8 +283,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pgdata = dir.path().join("data");
         std::fs::create_dir(&pgdata).unwrap();
-        assert!(refuse_repo_inside_pgdata(&pgdata.join("backups/repo"), &pgdata).is_err());
-        assert!(refuse_repo_inside_pgdata(&pgdata.join("../data/x"), &pgdata).is_err());
-        assert!(refuse_repo_inside_pgdata(&dir.path().join("repo"), &pgdata).is_ok());
+        let local = |p: PathBuf| Location::Local { path: p };
+        assert!(refuse_repo_inside_pgdata(&local(pgdata.join("backups/repo")), &pgdata).is_err());
+        assert!(refuse_repo_inside_pgdata(&local(pgdata.join("../data/x")), &pgdata).is_err());
+        assert!(refuse_repo_inside_pgdata(&local(dir.path().join("repo")), &pgdata).is_ok());
+    }
+
+    #[test]
+    fn several_repositories_primary_first() {
+        let file = "repo_path = \"/var/repo\"\n[[repos]]\nname = \"second\"\ntype = \"local\"\npath = \"/mnt/other\"\nretention_days = 90\n";
+        let c = Config::parse(file, "t", no_env).unwrap();
+        let names: Vec<String> = c.repositories().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["local", "second"]);
+        assert_eq!(c.repositories()[1].retention_days, Some(90));
+        assert_eq!(c.primary_repo().unwrap().name, "local");
+        let only = Config::parse("[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\n", "t", no_env).unwrap();
+        assert_eq!(only.primary_repo().unwrap().location, Location::Local { path: "/a".into() });
+        let dup = "[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\n[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/b\"\n";
+        assert!(Config::parse(dup, "t", no_env).unwrap_err().to_string().contains("unique"));
+        let unknown = "[[repos]]\nname = \"a\"\ntype = \"floppy\"\npath = \"/a\"\n";
+        assert!(Config::parse(unknown, "/etc/x.conf", no_env).unwrap_err().to_string().contains("floppy"));
     }
 }

@@ -258,8 +258,8 @@ pub fn default_key_id() -> KeyId {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("key file {path}: {cause}")]
-    Io { path: String, cause: std::io::Error },
+    #[error("key file {path}")]
+    Io { path: String, #[source] cause: std::io::Error },
     #[error("key file {path} has mode {mode:04o}: it must not be readable by group or others; run: chmod 600 {path}")]
     Permissions { path: String, mode: u32 },
     #[error("key file {path}: {reason}")]

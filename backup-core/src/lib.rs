@@ -1,23 +1,41 @@
 //! `backup-core`: everything about a backup repository that needs no running server.
 //!
-//! - [`storage`]: one trait for local directories and object stores, with a conformance suite;
-//! - [`codec`]: the object format (SHA-256 → zstd → chunked AES-256-GCM), streamed;
-//! - [`keys`]: master key files, rotation, optional passphrase sealing;
-//! - [`config`]: the configuration file and `BACKUP_*` environment overrides;
-//! - [`wal`]: PostgreSQL's WAL vocabulary (LSNs, file names, page headers);
-//! - [`cluster`]: a cluster's identity read from its data directory;
-//! - [`repo`]: the repository and its identity record;
-//! - [`archive`]: `archive_command` / `restore_command` semantics.
+//! Two layers, the lower knowing nothing of the upper:
+//! - generic, for any set of files: [`storage`] (one trait for local directories and object
+//!   stores, fault injection, a conformance suite), [`codec`] (SHA-256 → zstd → chunked
+//!   AES-256-GCM, streamed), [`keys`] (master keys, rotation, sealing), [`repo`] (a repository:
+//!   encoded objects, its identity record, files packed into bundles), [`config`], [`threads`],
+//!   [`error`];
+//! - [`pg`], what is PostgreSQL's: WAL vocabulary, cluster identity, the WAL archive
+//!   (`archive_command` / `restore_command`), base backups, their manifests, restore.
 //!
-//! `wal-archiver` and the `pg_backup_ext` extension are thin fronts over this crate.
+//! `wal-archiver` and the `pg_backup_ext` extension are thin fronts over this crate. See
+//! `docs/architecture.md` for where new backends, backup kinds and workers go.
 
-pub mod archive;
-pub mod backup;
-pub mod cluster;
+/// Serialize a type as its `Display` text and read it back with `FromStr`: LSNs, WAL file
+/// names, ids, digests and system identifiers are strings in every manifest and JSON output.
+macro_rules! serde_as_string {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <String as serde::Deserialize>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_string;
+
 pub mod codec;
 pub mod config;
+pub mod error;
 pub mod keys;
+pub mod pg;
 pub mod repo;
 pub mod storage;
 pub mod threads;
-pub mod wal;

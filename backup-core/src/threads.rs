@@ -31,17 +31,18 @@ fn with_all_signals_blocked<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Tells a thread waiting for workers (and doing something else every so often meanwhile,
-/// such as progress reports) that they have ended, so that it moves on at once rather than at
-/// its next poll: a 200 ms poll left the CPU idle for up to 200 ms at the end of every backup.
+/// Worker threads that tell the thread waiting for them (and doing something else every so
+/// often meanwhile, such as progress reports) when they end, so that it moves on at once rather
+/// than at its next poll: a 200 ms poll left the CPU idle for up to 200 ms at the end of every
+/// backup.
 #[derive(Default)]
-pub struct Ended {
+pub struct WorkerGroup {
     count: std::sync::Mutex<usize>,
     changed: std::sync::Condvar,
 }
 
 /// Counts its worker as ended when dropped: on return and on panic alike.
-struct EndGuard<'a>(&'a Ended);
+struct EndGuard<'a>(&'a WorkerGroup);
 
 impl Drop for EndGuard<'_> {
     fn drop(&mut self) {
@@ -50,7 +51,7 @@ impl Drop for EndGuard<'_> {
     }
 }
 
-impl Ended {
+impl WorkerGroup {
     /// [`spawn_blocking_signals`], each worker counted here when it ends (returns or panics).
     pub fn spawn<'scope, 'env, F, T>(
         &'scope self,
@@ -76,7 +77,7 @@ impl Ended {
 
     /// Wait until `workers` have ended (true) or `interval` has passed, or one more of them
     /// ended (false).
-    pub fn wait(&self, workers: usize, interval: std::time::Duration) -> bool {
+    pub fn wait_all(&self, workers: usize, interval: std::time::Duration) -> bool {
         let count = self.count.lock().unwrap_or_else(|p| p.into_inner());
         if *count >= workers {
             return true;
@@ -97,7 +98,7 @@ mod tests {
 
     #[test]
     fn the_waiter_wakes_when_the_last_worker_ends_even_by_panic() {
-        let ended = Ended::default();
+        let group = WorkerGroup::default();
         let work = |i: usize| {
             std::thread::sleep(Duration::from_millis(30 * (i as u64 + 1)));
             if i == 1 {
@@ -105,10 +106,10 @@ mod tests {
             }
         };
         std::thread::scope(|scope| {
-            let handles = ended.spawn(scope, 2, &work);
+            let handles = group.spawn(scope, 2, &work);
             let t = Instant::now();
             let mut polls = 0;
-            while !ended.wait(2, Duration::from_secs(5)) {
+            while !group.wait_all(2, Duration::from_secs(5)) {
                 polls += 1;
             }
             assert!(t.elapsed() < Duration::from_secs(2), "waited {:?} for workers that ended in 60 ms", t.elapsed());

@@ -5,53 +5,58 @@
 
 use std::time::{Duration, Instant};
 
-use backup_core::backup::catalog::RecoveryTarget;
-use backup_core::backup::{BackupId, Manifest};
-use backup_core::repo::Repository;
+use backup_core::error::report;
+use backup_core::pg::backup::inventory::RecoveryTarget;
+use backup_core::pg::backup::{BackupId, Manifest};
+use backup_core::pg::{PgRepo, PgRepoError};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
+use crate::backup_worker;
+use crate::catalog::{self, BackupStatus};
 use crate::gucs;
-use crate::worker;
 
-fn open_repo() -> Repository {
-    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
-    Repository::open(&config).unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
+fn open_repo() -> PgRepo {
+    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)));
+    PgRepo::open(&config).unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)))
 }
 
 fn parse_id(id: &str) -> BackupId {
     id.parse().unwrap_or_else(|e| error!("{e}"))
 }
 
+/// A catalog statement failed: raise it.
+fn sql<T>(r: catalog::CatalogResult<T>) -> T {
+    r.unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
+}
+
 /// Start a full backup; returns its id at once (a background worker does the work), or with
 /// `wait => true` once it is done, raising an error if it failed.
 #[pg_extern(volatile)]
 fn start_full(wait: default!(bool, false)) -> String {
-    Spi::run("SELECT backup.reap_stale()").unwrap_or_else(|e| error!("{e}"));
-    if let Ok(Some(running)) = Spi::get_one::<String>("SELECT id FROM backup.backups WHERE status IN ('queued', 'running') ORDER BY id DESC LIMIT 1") {
+    sql(catalog::reap_stale());
+    if let Some(running) = sql(catalog::running_backup()) {
         error!("backup {running} is already running; follow it in backup.progress, or wait for it to finish");
     }
     // Ids have one-second resolution: never reuse one.
     let mut id = BackupId::at(chrono::Utc::now());
-    while Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM backup.backups WHERE id = $1)", &[id.to_string().into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
-    {
+    while sql(catalog::exists(&id)) {
         std::thread::sleep(Duration::from_millis(200));
-        pg_sys::check_for_interrupts!();
+        crate::postgres::check_for_interrupts();
         id = BackupId::at(chrono::Utc::now());
     }
-    let handle = worker::launch(&id).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
+    let handle = backup_worker::launch(&id).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
     if handle.wait_for_startup().is_err() {
         error!("pg_backup_ext: the backup worker for {id} did not start; see the server log");
     }
     if wait {
-        let _ = handle.wait_for_shutdown();
-        match row_status(&id) {
-            Some((status, _)) if status == "completed" => {}
-            Some((_, err)) => error!("backup {id} failed: {}", err.unwrap_or_default()),
+        // Whether the worker ended or the wait was cut short, the row says how it went.
+        let ended = handle.wait_for_shutdown();
+        match sql(catalog::status(&id)) {
+            Some((BackupStatus::Completed, _)) => {}
+            Some((BackupStatus::Failed, err)) => error!("backup {id} failed: {}", err.unwrap_or_default()),
+            Some((BackupStatus::Running, _)) => error!("backup {id} is still running but its worker could not be waited for ({ended:?}); follow it in backup.progress"),
             None => error!("backup {id} failed before recording itself; see the server log"),
         }
         return id.to_string();
@@ -59,39 +64,33 @@ fn start_full(wait: default!(bool, false)) -> String {
     // Return once the worker has recorded the backup, so backup.list() shows it right away.
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        if let Some((status, err)) = row_status(&id) {
-            if status == "failed" {
+        if let Some((status, err)) = sql(catalog::status(&id)) {
+            if status == BackupStatus::Failed {
                 error!("backup {id} failed: {}", err.unwrap_or_default());
             }
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
-        pg_sys::check_for_interrupts!();
+        crate::postgres::check_for_interrupts();
     }
     id.to_string()
-}
-
-fn row_status(id: &BackupId) -> Option<(String, Option<String>)> {
-    Spi::get_two_with_args::<String, String>("SELECT status, error FROM backup.backups WHERE id = $1", &[id.to_string().into()])
-        .ok()
-        .and_then(|(s, e)| s.map(|s| (s, e)))
 }
 
 /// Everything about one backup, as JSON: the catalog row, and the manifest from the repository.
 #[pg_extern(volatile)]
 fn get(id: &str) -> JsonB {
     let bid = parse_id(id);
-    let row = Spi::get_one_with_args::<JsonB>("SELECT to_jsonb(b) FROM backup.backups b WHERE id = $1", &[id.into()]).ok().flatten();
-    let status = row.as_ref().and_then(|r| r.0.get("status").and_then(|s| s.as_str()).map(str::to_string));
-    let manifest = match status.as_deref() {
-        None | Some("completed") => match open_repo().read_manifest(&bid) {
+    let row = sql(catalog::row_json(&bid));
+    let status = sql(catalog::status(&bid)).map(|(s, _)| s);
+    let manifest = match status {
+        None | Some(BackupStatus::Completed) => match open_repo().backups().read_manifest(&bid) {
             Ok(m) => Some(m),
-            Err(backup_core::repo::RepoError::UnknownBackup { .. }) if row.is_some() => None,
-            Err(e) => error!("{e}"),
+            Err(PgRepoError::UnknownBackup { .. }) if row.is_some() => None,
+            Err(e) => error!("{}", report(&e)),
         },
         _ => None,
     };
-    let mut doc = row.map(|r| r.0).unwrap_or_else(|| json!({ "id": id, "status": "completed", "note": "in the repository but not in the catalog; run SELECT backup.resync()" }));
+    let mut doc = row.unwrap_or_else(|| json!({ "id": id, "status": "completed", "note": "in the repository but not in the catalog; run SELECT backup.resync()" }));
     if let Some(m) = manifest {
         doc["manifest"] = manifest_json(&m);
     }
@@ -114,7 +113,7 @@ fn manifest_json(m: &Manifest) -> serde_json::Value {
 #[pg_extern(volatile)]
 fn verify(id: &str) -> JsonB {
     let bid = parse_id(id);
-    let report = open_repo().verify_backup(&bid).unwrap_or_else(|e| error!("{e}"));
+    let report = open_repo().backups().verify(&bid).unwrap_or_else(|e| error!("{}", report(&e)));
     for p in &report.problems {
         warning!("{id}: {p}");
     }
@@ -129,47 +128,68 @@ fn verify(id: &str) -> JsonB {
 fn find_at(at: &str) -> String {
     let when = chrono::DateTime::parse_from_rfc3339(at).unwrap_or_else(|e| error!("bad timestamp {at:?}: {e}")).with_timezone(&chrono::Utc);
     let target = RecoveryTarget::Time { text: at.to_string(), at: when };
-    open_repo().find_backup(&target).unwrap_or_else(|e| error!("{e}")).id.to_string()
+    open_repo().backups().find(&target).unwrap_or_else(|e| error!("{}", report(&e))).id.to_string()
 }
 
 /// Remove a backup from the repository and the catalog.
 #[pg_extern(volatile)]
 fn delete(id: &str) {
     let bid = parse_id(id);
-    let status = row_status(&bid).map(|(s, _)| s);
-    if matches!(status.as_deref(), Some("running" | "queued")) {
+    let status = sql(catalog::status(&bid)).map(|(s, _)| s);
+    if status == Some(BackupStatus::Running) {
         error!("backup {id} is running; it cannot be deleted until it ends");
     }
-    let in_catalog = status.is_some();
-    match open_repo().delete_backup(&bid) {
+    match open_repo().backups().delete(&bid) {
         Ok(_) => {}
-        Err(backup_core::repo::RepoError::UnknownBackup { .. }) if in_catalog => {}
-        Err(e) => error!("{e}"),
+        // Only the catalog knew it (a failed backup that stored nothing): forget the row.
+        Err(PgRepoError::UnknownBackup { .. }) if status.is_some() => {}
+        Err(e) => error!("{}", report(&e)),
     }
-    Spi::run_with_args("DELETE FROM backup.backups WHERE id = $1", &[id.into()]).unwrap_or_else(|e| error!("{e}"));
-    Spi::run_with_args("INSERT INTO backup.events (backup_id, level, message) VALUES ($1, 'info', 'deleted')", &[id.into()])
-        .unwrap_or_else(|e| error!("{e}"));
+    sql(catalog::remove(&bid));
 }
 
 /// Rebuild the catalog of completed backups from the repository (the truth). Returns how
 /// many backups the repository holds.
 #[pg_extern(volatile)]
 fn resync() -> i32 {
-    let backups = open_repo().list_backups().unwrap_or_else(|e| error!("{e}"));
-    let ids: Vec<String> = backups.iter().map(|m| m.id.to_string()).collect();
+    let backups = open_repo().backups().list().unwrap_or_else(|e| error!("{}", report(&e)));
     for m in &backups {
-        crate::catalog::upsert_completed(m).unwrap_or_else(|e| error!("{e}"));
+        sql(catalog::upsert_completed(m));
     }
-    // A "completed" row whose manifest is gone is not restorable: drop it.
-    Spi::run_with_args("DELETE FROM backup.backups WHERE status = 'completed' AND NOT (id = ANY($1))", &[ids.into()])
-        .unwrap_or_else(|e| error!("{e}"));
+    let ids: Vec<String> = backups.iter().map(|m| m.id.to_string()).collect();
+    sql(catalog::remove_completed_except(&ids));
     backups.len() as i32
 }
 
 /// Used by `backup.create_restore_point(name)`.
 #[pg_extern(volatile)]
 fn record_restore_point(name: &str, lsn: &str) -> String {
-    let parsed: backup_core::wal::Lsn = lsn.parse().unwrap_or_else(|e: backup_core::wal::WalError| error!("{e}"));
-    open_repo().record_restore_point(name, parsed).unwrap_or_else(|e| error!("{e}"));
+    let parsed: backup_core::pg::wal::Lsn = lsn.parse().unwrap_or_else(|e: backup_core::pg::wal::WalError| error!("{e}"));
+    open_repo().backups().record_restore_point(name, parsed).unwrap_or_else(|e| error!("{}", report(&e)));
     lsn.to_string()
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Bad input is refused with an error naming it, before any repository is touched.
+    #[pg_test(error = "'backup_2024' is not a backup id (expected the form backup_20240115_143000)")]
+    fn a_malformed_backup_id_is_refused() {
+        Spi::run("SELECT backup.get('backup_2024')").unwrap();
+    }
+
+    #[pg_test]
+    fn version_names_the_repository_format() {
+        let v = Spi::get_one::<String>("SELECT backup.version()").unwrap().unwrap();
+        assert!(v.starts_with("pg_backup_ext ") && v.contains("repository format 1"), "{v}");
+    }
+
+    /// A configuration file that cannot be read is named in the error (the test cluster points
+    /// backup.config_file at a file that does not exist).
+    #[pg_test(error = "pg_backup_ext: cannot read configuration file /nonexistent/pg_backup_ext.conf: No such file or directory (os error 2)")]
+    fn an_unreadable_configuration_is_named() {
+        Spi::run("SELECT backup.resync()").unwrap();
+    }
 }

@@ -2,23 +2,24 @@
 //! (PostgreSQL 15's archive module API), instead of `archive_command = 'wal-archiver push %p'`.
 //!
 //! Same repository, same format, same checks as `wal-archiver push` (it is the same
-//! `Repository::push_wal`); what goes away is the process per segment: no fork/exec, no
+//! `WalArchive::push`); what goes away is the process per segment: no fork/exec, no
 //! configuration and key loading for every 16 MB. The repository is opened once and kept until
 //! the configuration (file, GUC or key file) changes.
 //!
 //! A failed push logs a WARNING naming the segment and the cause and returns false: the archiver
 //! retries (three times, then again a minute later), exactly as with a failing archive_command.
 //! The push runs on a thread spawned with every signal blocked, so the archiver's signal handlers
-//! stay on its main thread (the codec compresses on more threads still).
+//! stay on its main thread (the codec compresses on more threads still). The C entry points are
+//! in [`crate::postgres::archive_hooks`].
 
-use std::ffi::{c_char, CStr};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use backup_core::archive::PushOutcome;
 use backup_core::config::Config;
-use backup_core::repo::Repository;
+use backup_core::error::report;
+use backup_core::pg::archive::{PushError, PushOutcome};
+use backup_core::pg::PgRepo;
 use pgrx::prelude::*;
 
 use crate::gucs;
@@ -26,57 +27,41 @@ use crate::gucs;
 /// What the cached repository was opened from: a change to either reopens it (a reload that
 /// names another file, an edited file, a key added by `wal-archiver keygen`).
 #[derive(PartialEq)]
-struct Source {
+struct OpenedFrom {
     config: Config,
     key_file_mtime: Option<SystemTime>,
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
-
-struct Open {
-    source: Source,
-    repo: Repository,
+struct OpenRepository {
+    from: OpenedFrom,
+    repo: PgRepo,
 }
 
 /// The archiver is one process with one thread calling us; the Mutex only makes the static sound.
-static OPEN: Mutex<Option<Open>> = Mutex::new(None);
-
-#[no_mangle]
-#[pg_guard]
-pub unsafe extern "C-unwind" fn _PG_archive_module_init(cb: *mut pg_sys::ArchiveModuleCallbacks) {
-    // SAFETY: PostgreSQL passes a valid, writable callbacks struct.
-    unsafe {
-        (*cb).check_configured_cb = Some(check_configured);
-        (*cb).archive_file_cb = Some(archive_file);
-        (*cb).shutdown_cb = None;
-    }
-}
+static OPEN: Mutex<Option<OpenRepository>> = Mutex::new(None);
 
 /// Not configured (the archiver then warns and waits) when the configuration cannot be read.
-#[pg_guard]
-unsafe extern "C-unwind" fn check_configured() -> bool {
+pub fn check_configured() -> bool {
     match gucs::load_config() {
         Ok(_) => true,
         Err(e) => {
-            warning!("pg_backup_ext archive module: {e}; set backup.config_file (or BACKUP_CONFIG) to the file wal-archiver uses");
+            warning!("pg_backup_ext archive module: {}; set backup.config_file (or BACKUP_CONFIG) to the file wal-archiver uses", report(&e));
             false
         }
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn archive_file(file: *const c_char, path: *const c_char) -> bool {
-    // SAFETY: PostgreSQL passes two NUL-terminated strings valid for the call.
-    let (file, path) = unsafe { (CStr::from_ptr(file).to_string_lossy().into_owned(), CStr::from_ptr(path).to_string_lossy().into_owned()) };
+/// Archive one segment; `true` once it is durably in the repository.
+pub fn archive_file(file: &str, path: &str) -> bool {
     // Settings are read here: PostgreSQL's functions (GUCs included) are for this thread only.
     let config = match gucs::load_config() {
         Ok(c) => c,
         Err(e) => {
-            warning!("pg_backup_ext: archiving {file} failed: {e}");
+            warning!("pg_backup_ext: archiving {file} failed: {}", report(&e));
             return false;
         }
     };
-    let work = |_: usize| push(Path::new(&path), &config);
+    let work = |_: usize| push(Path::new(path), &config);
     let outcome = std::thread::scope(|scope| {
         let handle = backup_core::threads::spawn_blocking_signals(scope, 1, &work).pop().expect("one thread");
         handle.join()
@@ -88,7 +73,7 @@ unsafe extern "C-unwind" fn archive_file(file: *const c_char, path: *const c_cha
             true
         }
         Ok(Err(e)) => {
-            warning!("pg_backup_ext: archiving {file} failed: {e}");
+            warning!("pg_backup_ext: archiving {file} failed: {}", report(&e));
             false
         }
         Err(_) => {
@@ -98,18 +83,21 @@ unsafe extern "C-unwind" fn archive_file(file: *const c_char, path: *const c_cha
     }
 }
 
-fn push(path: &Path, config: &Config) -> Result<PushOutcome, Error> {
+fn push(path: &Path, config: &Config) -> Result<PushOutcome, PushError> {
+    // A key file we cannot stat is caught by the open below, which reads it.
     let key_file_mtime = config.key_file.as_ref().and_then(|k| std::fs::metadata(k).and_then(|m| m.modified()).ok());
-    let source = Source { config: config.clone(), key_file_mtime };
+    let from = OpenedFrom { config: config.clone(), key_file_mtime };
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-    if open.as_ref().map(|o| &o.source) != Some(&source) {
+    if open.as_ref().map(|o| &o.from) != Some(&from) {
         *open = None;
-        *open = Some(Open { repo: Repository::open_for_archiving(&source.config)?, source });
+        let repo = PgRepo::open_for_archiving(&from.config).map_err(PushError::Repo)?;
+        *open = Some(OpenRepository { repo, from });
     }
-    let outcome = open.as_ref().expect("opened above").repo.push_wal(path);
+    let outcome = open.as_ref().expect("opened above").repo.wal().push(path);
     if outcome.is_err() {
         // The next attempt starts from scratch (a repository that moved or was replaced).
         *open = None;
     }
-    Ok(outcome?)
+    outcome
 }
+

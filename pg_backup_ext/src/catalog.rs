@@ -1,24 +1,177 @@
-//! Writing the catalog table `backup.backups` from what the repository says.
+//! All SQL on the extension's tables (`backup.backups`, `backup.events`), in one place, with
+//! the values their CHECK constraints allow as enums. The table definitions are in
+//! `sql/bootstrap.sql`; the repository stays the truth and `resync` rebuilds from it.
 
-use backup_core::backup::Manifest;
+use std::fmt;
+
+use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// A SQL error on the catalog (pgrx's SPI error).
+pub type CatalogResult<T> = Result<T, pgrx::spi::Error>;
+
+/// `backup.backups.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupStatus {
+    /// A worker is taking it (or died taking it: [`reap_stale`] settles that).
+    Running,
+    /// Its manifest and WAL are in the repository: restorable.
+    Completed,
+    Failed,
+}
+
+impl BackupStatus {
+    pub const ALL: [BackupStatus; 3] = [BackupStatus::Running, BackupStatus::Completed, BackupStatus::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupStatus::Running => "running",
+            BackupStatus::Completed => "completed",
+            BackupStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<BackupStatus> {
+        BackupStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for BackupStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `backup.events.level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+impl EventLevel {
+    #[cfg(any(test, feature = "pg_test"))]
+    pub const ALL: [EventLevel; 3] = [EventLevel::Info, EventLevel::Warning, EventLevel::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventLevel::Info => "info",
+            EventLevel::Warning => "warning",
+            EventLevel::Error => "error",
+        }
+    }
+}
+
+/// Mark the rows of workers that died (kill -9, crash restart, server stop) failed.
+pub fn reap_stale() -> CatalogResult<()> {
+    Spi::run("SELECT backup.reap_stale()")
+}
+
+/// The backup a worker is taking now, if any.
+pub fn running_backup() -> CatalogResult<Option<String>> {
+    // Scalar subqueries here and below: one row always, NULL when there is no backup (an empty
+    // result is an error to SPI's get_one).
+    Spi::get_one_with_args("SELECT (SELECT id FROM backup.backups WHERE status = $1 ORDER BY id DESC LIMIT 1)", &[BackupStatus::Running.as_str().into()])
+}
+
+pub fn exists(id: &BackupId) -> CatalogResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM backup.backups WHERE id = $1)", &[id.as_str().into()])?.unwrap_or(false))
+}
+
+/// A backup's status and error message, `None` when the catalog has no row for it.
+pub fn status(id: &BackupId) -> CatalogResult<Option<(BackupStatus, Option<String>)>> {
+    let (status, error) = Spi::get_two_with_args::<String, String>(
+        "SELECT b.status, b.error FROM (SELECT 1) AS one LEFT JOIN backup.backups b ON b.id = $1",
+        &[id.as_str().into()],
+    )?;
+    Ok(status.map(|s| (BackupStatus::parse(&s).unwrap_or_else(|| panic!("backup.backups.status {s:?} violates its CHECK constraint")), error)))
+}
+
+/// The catalog row as JSON.
+pub fn row_json(id: &BackupId) -> CatalogResult<Option<serde_json::Value>> {
+    Ok(Spi::get_one_with_args::<JsonB>("SELECT (SELECT to_jsonb(b) FROM backup.backups b WHERE id = $1)", &[id.as_str().into()])?.map(|j| j.0))
+}
+
+/// Why a worker may not take its backup.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimRefused {
+    #[error("another backup is already running")]
+    AnotherRunning,
+    #[error("archive_mode is off: a backup without archived WAL cannot be restored; set archive_mode = on and archive_command = 'wal-archiver push %p'")]
+    ArchivingOff,
+}
+
+/// Held (session-level) by the worker taking a backup: one backup at a time per cluster.
+const BACKUP_LOCK_KEY: i64 = 0x7062_6b75_7001;
+
+/// Take the cluster-wide backup lock and create the row for backup `id` taken by this
+/// process: `running`, or `failed` with the reason when the backup may not run.
+pub fn claim(id: &BackupId, kind: BackupKind) -> CatalogResult<Result<(), ClaimRefused>> {
+    let locked = Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock($1)", &[BACKUP_LOCK_KEY.into()])?.unwrap_or(false);
+    let archive_mode = Spi::get_one::<String>("SELECT current_setting('archive_mode')")?.unwrap_or_default();
+    let refused = if !locked {
+        Some(ClaimRefused::AnotherRunning)
+    } else if archive_mode == "off" {
+        Some(ClaimRefused::ArchivingOff)
+    } else {
+        None
+    };
+    let status = if refused.is_some() { BackupStatus::Failed } else { BackupStatus::Running };
+    let error = refused.as_ref().map(ToString::to_string);
+    Spi::run_with_args(
+        "INSERT INTO backup.backups (id, type, status, worker_pid, start_time, phase, error)
+         VALUES ($1, $2, $3, pg_backend_pid(), now(), 'starting', $4)",
+        &[id.as_str().into(), kind.to_string().into(), status.as_str().into(), error.clone().into()],
+    )?;
+    match &error {
+        Some(e) => event(id, EventLevel::Error, e)?,
+        None => event(id, EventLevel::Info, "started")?,
+    }
+    Ok(refused.map_or(Ok(()), Err))
+}
+
+/// Live progress of a running backup, for `backup.progress`.
+pub fn record_progress(id: &BackupId, phase: &str, bytes_done: i64, bytes_total: i64) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "UPDATE backup.backups SET phase = $2, bytes_done = $3, bytes_total = $4, progress_at = now() WHERE id = $1",
+        &[id.as_str().into(), phase.into(), bytes_done.into(), bytes_total.into()],
+    )
+}
+
+pub fn mark_failed(id: &BackupId, error: &str) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "UPDATE backup.backups SET status = $2, phase = NULL, error = $3, stop_time = now() WHERE id = $1",
+        &[id.as_str().into(), BackupStatus::Failed.as_str().into(), error.into()],
+    )?;
+    event(id, EventLevel::Error, error)
+}
+
+/// Append to the job log.
+pub fn event(id: &BackupId, level: EventLevel, message: &str) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO backup.events (backup_id, level, message) VALUES ($1, $2, $3)",
+        &[id.as_str().into(), level.as_str().into(), message.into()],
+    )
+}
 
 /// Record `m` as a completed backup, inserting or updating its row. Used when a worker
 /// finishes and when `backup.resync()` rebuilds the catalog from the repository.
-pub fn upsert_completed(m: &Manifest) -> Result<(), pgrx::spi::Error> {
+pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
     Spi::run_with_args(
         "INSERT INTO backup.backups (id, type, status, start_lsn, stop_lsn, timeline, start_time, stop_time, size_bytes,
                                      stored_bytes, file_count, duration, page_checksum_failures)
-         VALUES ($1, $2, 'completed', $3::pg_lsn, $4::pg_lsn, $5, $6::timestamptz, $7::timestamptz, $8, $9, $10,
+         VALUES ($1, $2, $13, $3::pg_lsn, $4::pg_lsn, $5, $6::timestamptz, $7::timestamptz, $8, $9, $10,
                  ($11 || ' milliseconds')::interval, $12)
-         ON CONFLICT (id) DO UPDATE SET status = 'completed', error = NULL, phase = NULL, start_lsn = excluded.start_lsn,
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = NULL, phase = NULL, start_lsn = excluded.start_lsn,
              stop_lsn = excluded.stop_lsn, timeline = excluded.timeline, start_time = excluded.start_time,
              stop_time = excluded.stop_time, size_bytes = excluded.size_bytes, stored_bytes = excluded.stored_bytes,
              file_count = excluded.file_count, duration = excluded.duration,
              page_checksum_failures = excluded.page_checksum_failures,
              bytes_done = excluded.size_bytes, bytes_total = excluded.size_bytes, progress_at = now()",
         &[
-            m.id.to_string().into(),
+            m.id.as_str().into(),
             m.kind.to_string().into(),
             m.start_lsn.to_string().into(),
             m.stop_lsn.to_string().into(),
@@ -30,6 +183,71 @@ pub fn upsert_completed(m: &Manifest) -> Result<(), pgrx::spi::Error> {
             (m.stats.files as i64).into(),
             m.stats.duration_ms.to_string().into(),
             (m.page_checksum_failures.len() as i32).into(),
+            BackupStatus::Completed.as_str().into(),
         ],
     )
+}
+
+/// Forget backup `id` (deleted from the repository) and log it.
+pub fn remove(id: &BackupId) -> CatalogResult<()> {
+    Spi::run_with_args("DELETE FROM backup.backups WHERE id = $1", &[id.as_str().into()])?;
+    event(id, EventLevel::Info, "deleted")
+}
+
+/// Drop `completed` rows whose backup is not among `in_repository`: without a manifest they
+/// are not restorable.
+pub fn remove_completed_except(in_repository: &[String]) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "DELETE FROM backup.backups WHERE status = $1 AND NOT (id = ANY($2))",
+        &[BackupStatus::Completed.as_str().into(), in_repository.to_vec().into()],
+    )
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> BackupId {
+        s.parse().unwrap()
+    }
+
+    /// Every status and level the code writes is one the table's CHECK constraints accept,
+    /// and statuses read back as what was written.
+    #[pg_test]
+    fn enums_match_the_tables_check_constraints() {
+        for (n, status) in BackupStatus::ALL.into_iter().enumerate() {
+            let id = id(&format!("backup_20240101_00000{n}"));
+            Spi::run_with_args("INSERT INTO backup.backups (id, status) VALUES ($1, $2)", &[id.as_str().into(), status.as_str().into()]).unwrap();
+            assert_eq!(super::status(&id).unwrap().map(|s| s.0), Some(status));
+        }
+        for level in EventLevel::ALL {
+            event(&id("backup_20240101_000000"), level, "test").unwrap();
+        }
+        // ...and no value the code never writes (a 'queued' that nothing produced).
+        let check = Spi::get_one::<String>(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'backup.backups'::regclass AND conname = 'backups_status_check'",
+        )
+        .unwrap()
+        .expect("backups.status has a CHECK constraint");
+        assert_eq!(check.matches('\'').count() / 2, BackupStatus::ALL.len(), "{check}");
+    }
+
+    /// A row whose worker is gone is reaped to failed, with a reason; a completed one is not.
+    #[pg_test]
+    fn dead_workers_rows_are_reaped() {
+        let dead = id("backup_20240102_000000");
+        Spi::run_with_args("INSERT INTO backup.backups (id, status, worker_pid) VALUES ($1, 'running', 2147483646)", &[dead.as_str().into()]).unwrap();
+        Spi::run("INSERT INTO backup.backups (id, status) VALUES ('backup_20240102_000001', 'completed')").unwrap();
+        reap_stale().unwrap();
+        let (status, error) = super::status(&dead).unwrap().unwrap();
+        assert_eq!(status, BackupStatus::Failed);
+        assert!(error.unwrap().contains("ended without finishing"));
+        assert_eq!(super::status(&id("backup_20240102_000001")).unwrap().unwrap().0, BackupStatus::Completed);
+        assert_eq!(running_backup().unwrap(), None);
+        let absent = id("backup_20240102_000009");
+        assert_eq!(super::status(&absent).unwrap(), None, "an unknown backup has no status");
+        assert_eq!(row_json(&absent).unwrap(), None);
+        assert!(!exists(&absent).unwrap());
+    }
 }

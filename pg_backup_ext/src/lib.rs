@@ -5,20 +5,21 @@
 //! format, codecs, copy and restore live in `backup-core`; this crate only speaks to PostgreSQL:
 //! - [`gucs`]: `backup.*` settings;
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
-//! - [`worker`]: the background worker that takes a backup;
+//! - [`catalog`]: every statement on the `backup.*` tables, and the enums of their columns;
+//! - [`backup_worker`]: the background worker that takes a backup;
 //! - [`archive_module`]: `archive_library = 'pg_backup_ext'`, WAL archiving without a process
 //!   per segment;
-//! - [`catalog`]: writing `backup.backups` from manifests;
-//! - [`spi`]: transactions and SPI helpers shared by both.
+//! - [`postgres`]: the only place with raw `pg_sys` calls: safe wrappers, the worker skeleton,
+//!   SPI transactions, the archive module's C entry points.
 
 use pgrx::prelude::*;
 
 mod api;
 mod archive_module;
+mod backup_worker;
 mod catalog;
 mod gucs;
-mod spi;
-mod worker;
+mod postgres;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -35,4 +36,16 @@ pub extern "C-unwind" fn _PG_init() {
 #[pg_extern]
 fn version() -> String {
     format!("pg_backup_ext {} (repository format {})", env!("CARGO_PKG_VERSION"), backup_core::repo::REPO_FORMAT)
+}
+
+/// `cargo pgrx test`: the in-server tests run in a cluster pgrx starts, with the extension
+/// created; the end-to-end tests (tests/) drive real clusters from outside.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        // No configuration file: the repository functions must say so clearly.
+        vec!["backup.config_file = '/nonexistent/pg_backup_ext.conf'"]
+    }
 }

@@ -20,7 +20,19 @@
 //! direct child, so `wait4` reports *its* exit status and peak RSS rather than
 //! those of a wrapper, and no PAM session is opened for each of the hundreds of
 //! short commands a test run issues.
+//!
+//! Clusters wired to a fresh repository and the helpers several test files need
+//! (backup catalog rows, the repository's backup list) are in `fixtures`; what the
+//! repository holds is looked at through the storage trait, by object key
+//! (`inspect`, [`Archiver::storage`]), never by opening its files.
 
+mod fixtures;
+mod inspect;
+
+pub use fixtures::*;
+pub use inspect::*;
+
+use backup_core::storage::Location;
 use std::ffi::CString;
 use std::fmt;
 use std::fs;
@@ -830,6 +842,7 @@ pub struct Archiver {
     pub config_path: PathBuf,
     pub config: ArchiverConfig,
     dir: TestDir,
+    inspector: OnceLock<RepoInspector>,
 }
 
 impl Archiver {
@@ -868,9 +881,12 @@ impl Archiver {
 
     fn with_config(dir: TestDir, config: ArchiverConfig) -> Archiver {
         let config_path = dir.write("archiver.toml", config.to_toml());
-        Archiver { config_path, config, dir }
+        Archiver { config_path, config, dir, inspector: OnceLock::new() }
     }
 
+    /// The repository directory itself. Only for what is about the local filesystem (making
+    /// it unwritable, placing it somewhere on purpose); look at its contents through
+    /// [`Archiver::storage`].
     pub fn repo(&self) -> &Path {
         &self.config.repo_path
     }
@@ -932,13 +948,16 @@ impl Archiver {
         format!("{} --config {} fetch %f %p", archiver_bin().display(), self.config_path.display())
     }
 
-    /// Where the contract says the object for WAL file `name` lives on disk.
-    pub fn object_path(&self, name: &str) -> PathBuf {
-        if name.ends_with(".history") {
-            self.repo().join("wal/history").join(name)
-        } else {
-            self.repo().join("wal").join(&name[..16]).join(name)
-        }
+    /// Where the repository lives, for the storage layer: the one constructor to change for
+    /// running these tests against another backend.
+    pub fn location(&self) -> Location {
+        Location::Local { path: self.config.repo_path.clone() }
+    }
+
+    /// The repository seen through `backup_core::storage` (opened on first use): how tests
+    /// look at and damage objects, by key, wherever the repository lives.
+    pub fn storage(&self) -> &RepoInspector {
+        self.inspector.get_or_init(|| RepoInspector::open(self.location()))
     }
 }
 

@@ -14,7 +14,7 @@
 use e2e::*;
 use serde_json::Value;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -37,18 +37,6 @@ const UTC_NOW: &str = "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYY
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// A fresh repository (`init` on the cluster's data directory) and a started cluster
-/// archiving into it, with `extra` settings on top.
-fn archiving_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
-    let archiver = Archiver::new(label);
-    let cluster = Cluster::initdb(label);
-    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
-    cluster.enable_archiving(&archiver);
-    cluster.set(extra);
-    cluster.start();
-    (archiver, cluster)
-}
 
 fn create_ledger(c: &Cluster) {
     c.psql(
@@ -97,20 +85,6 @@ fn cli_backup(archiver: &Archiver, c: &Cluster, step: &str) -> String {
     let id = r.stdout.split(':').next().unwrap_or("").trim().to_string();
     assert!(is_backup_id(&id), "{step}: backup must print `backup_YYYYMMDD_HHMMSS: …`\n{r}");
     id
-}
-
-/// `wal-archiver list --output json`: the `backups` array.
-#[track_caller]
-fn cli_list(archiver: &Archiver, step: &str) -> Vec<Value> {
-    let r = archiver.run(&["list", "--output", "json"]);
-    r.assert_ok(&format!("{step}: wal-archiver list"));
-    let v: Value =
-        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{step}: list printed invalid JSON ({e}):\n{r}"));
-    v["backups"].as_array().unwrap_or_else(|| panic!("{step}: list has no `backups` array:\n{r}")).clone()
-}
-
-fn cli_list_ids(archiver: &Archiver, step: &str) -> Vec<String> {
-    cli_list(archiver, step).iter().map(|b| b["id"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// `wal-archiver verify ID --output json`: the run and its parsed report.
@@ -197,23 +171,12 @@ fn absent_or_empty(dir: &Path) -> bool {
     }
 }
 
-/// The largest data object of backup `id` in the repository, and its key
+/// The key of the largest data object of backup `id` in the repository
 /// (`backup/<id>/data/NNNNNN`).
-fn largest_data_object(archiver: &Archiver, id: &str) -> (PathBuf, String) {
-    let data = archiver.repo().join("backup").join(id).join("data");
-    let objects = files_under(&data);
-    assert!(!objects.is_empty(), "no data objects under {}", data.display());
-    let path = objects.into_iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap();
-    let key = path.strip_prefix(archiver.repo()).unwrap().to_string_lossy().into_owned();
-    (path, key)
-}
-
-/// Flip one bit in the middle of a file, in place.
-fn flip_middle_bit(path: &Path) {
-    let mut bytes = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x10;
-    fs::write(path, &bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+fn largest_data_object(archiver: &Archiver, id: &str) -> String {
+    let prefix = format!("backup/{id}/data/");
+    let objects = archiver.storage().objects(&prefix);
+    objects.into_iter().max_by_key(|o| o.size).unwrap_or_else(|| panic!("no data objects under {prefix}")).key
 }
 
 /// Run a PostgreSQL client program (pg_amcheck, pg_checksums, …) as postgres.
@@ -489,8 +452,8 @@ fn verify_names_a_flipped_object() {
         assert!(report[key].as_u64().unwrap_or(0) > 0, "intact: {key} must be > 0: {report:#}");
     }
 
-    let (object, key) = largest_data_object(&archiver, &id);
-    flip_middle_bit(&object);
+    let key = largest_data_object(&archiver, &id);
+    archiver.storage().flip_middle_bit(&key, 0x10);
     let (r, report) = cli_verify(&archiver, &id, "flipped");
     assert_eq!(r.code, 1, "verify must exit 1 after a bit flip in {key}\n{r}");
     let problems: Vec<&str> =
@@ -507,20 +470,12 @@ fn verify_names_a_flipped_object() {
 // 4. The same from SQL (pg_backup_ext)
 // ---------------------------------------------------------------------------
 
-/// A cluster archiving into a fresh repository with pg_backup_ext preloaded and
-/// configured with the archiver's file, the extension created, and every SQL object
-/// of the contract present (else the test fails here, listing what is missing).
-fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
-    let archiver = Archiver::new(label);
-    let config = archiver.config_path.to_string_lossy().into_owned();
-    let mut settings = vec![("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", config.as_str())];
-    settings.extend_from_slice(extra);
-    let cluster = Cluster::initdb(label);
-    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
-    cluster.enable_archiving(&archiver);
-    cluster.set(&settings);
-    cluster.start();
-    cluster.psql("CREATE EXTENSION pg_backup_ext");
+/// `extension_cluster` (a cluster archiving into a fresh repository with pg_backup_ext
+/// preloaded, configured with the archiver's file and created), with every SQL object of
+/// the contract present (else the test fails here, listing what is missing).
+#[track_caller]
+fn sql_api_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
+    let (archiver, cluster) = extension_cluster(label, extra);
     require_sql_api(&cluster);
     (archiver, cluster)
 }
@@ -586,23 +541,6 @@ fn require_sql_api(c: &Cluster) {
     );
 }
 
-/// The value of a one-row, one-column jsonb query.
-#[track_caller]
-fn sql_json(c: &Cluster, sql: &str) -> Value {
-    let text = c.psql(sql);
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{sql}` did not return JSON ({e}): {text:?}"))
-}
-
-/// Status and error text of backup `id` in `backup.list()`, if it is listed.
-fn sql_status(c: &Cluster, id: &str) -> Option<(String, String)> {
-    let row = c.psql(&format!("SELECT status || '|' || coalesce(error, '') FROM backup.list() WHERE id = '{id}'"));
-    if row.is_empty() {
-        return None;
-    }
-    let (status, error) = row.split_once('|').unwrap();
-    Some((status.to_string(), error.to_string()))
-}
-
 /// Poll `backup.list()` until backup `id` is neither queued nor running; returns its
 /// final status and error. While it is not listed the poll goes on (the worker may not
 /// have written its row yet) unless `absent_settles` (after a restart, nothing will
@@ -660,7 +598,7 @@ fn sql_backup_and_check(c: &Cluster, archiver: &Archiver, step: &str) -> String 
 
 #[test]
 fn sql_full_backup_under_load_and_restore() {
-    let (archiver, c) = extension_cluster("sqlfull", &[]);
+    let (archiver, c) = sql_api_cluster("sqlfull", &[]);
     c.pgbench(&["-i", "-s", "2", "-q"]);
     create_ledger(&c);
     let load = start_ledger_load(&c);
@@ -847,7 +785,7 @@ fn kill_worker_and_postmaster_mid_backup() {
     // One copying thread, ~100 MB of data and a read limit of 10 MB/s: an interrupted
     // backup is certainly still copying when it is killed, however fast the machine.
     // The backups that must succeed run unthrottled.
-    let (archiver, c) = extension_cluster("sqlkill", &[("backup.workers", "1"), ("backup.max_rate", "10MB")]);
+    let (archiver, c) = sql_api_cluster("sqlkill", &[("backup.workers", "1"), ("backup.max_rate", "10MB")]);
     c.pgbench(&["-i", "-s", "5", "-q"]);
     let throttle = |rate: &str| {
         c.psql(&format!("ALTER SYSTEM SET backup.max_rate = '{rate}'"));
@@ -920,7 +858,7 @@ fn kill_worker_and_postmaster_mid_backup() {
 
 #[test]
 fn sql_verify_names_flipped_object() {
-    let (archiver, c) = extension_cluster("sqlverify", &[]);
+    let (archiver, c) = sql_api_cluster("sqlverify", &[]);
 
     // Bad input: errors that name what was asked for.
     let r = c.try_psql("SELECT backup.get('backup_19990101_000000')");
@@ -939,8 +877,8 @@ fn sql_verify_names_flipped_object() {
     let r = c.try_psql("SELECT backup.find('1999-01-01')");
     assert!(!r.success(), "backup.find() before the first backup must raise an ERROR\n{r}");
 
-    let (object, key) = largest_data_object(&archiver, &id);
-    flip_middle_bit(&object);
+    let key = largest_data_object(&archiver, &id);
+    archiver.storage().flip_middle_bit(&key, 0x10);
     let report = sql_json(&c, &format!("SELECT backup.verify('{id}')"));
     assert_eq!(report["ok"], false, "backup.verify() after a bit flip in {key}: {report:#}");
     let problems: Vec<&str> =
@@ -957,7 +895,7 @@ fn sql_verify_names_flipped_object() {
         "backup.delete(): wal-archiver list still shows {id}"
     );
     assert!(
-        !archiver.repo().join("backup").join(&id).join("manifest").exists(),
+        !archiver.storage().exists(&format!("backup/{id}/manifest")),
         "backup.delete(): the manifest of {id} is still in the repository"
     );
 }

@@ -2,38 +2,16 @@
 //! server shutting down in the middle of a backup.
 
 use e2e::*;
-use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(240);
 
-/// A started cluster with the extension loaded and created, archiving into its own repository.
-fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
-    let archiver = Archiver::new(label);
-    let cluster = Cluster::initdb(label);
-    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
-    cluster.enable_archiving(&archiver);
-    let config = archiver.config_path.display().to_string();
-    cluster.set(&[("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", &config)]);
-    cluster.set(extra);
-    cluster.start();
-    cluster.psql("CREATE EXTENSION pg_backup_ext");
-    (archiver, cluster)
-}
-
+/// Status and error text of backup `id` in `backup.list()`, which must list it.
+#[track_caller]
 fn row(cluster: &Cluster, id: &str) -> (String, String) {
-    let out = cluster.psql(&format!("SELECT status || '|' || coalesce(error, '') FROM backup.list() WHERE id = '{id}'"));
-    let (status, error) = out.trim().split_once('|').unwrap_or_else(|| panic!("backup {id} not in backup.list(): {out:?}"));
-    (status.to_string(), error.to_string())
-}
-
-fn repository_backup_ids(archiver: &Archiver) -> Vec<String> {
-    let r = archiver.run(&["list", "--output", "json"]);
-    r.assert_ok("wal-archiver list");
-    let v: Value = serde_json::from_str(&r.stdout).expect("list json");
-    v["backups"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect()
+    sql_status(cluster, id).unwrap_or_else(|| panic!("backup {id} not in backup.list()"))
 }
 
 #[test]
@@ -88,8 +66,7 @@ fn corrupt_page_is_reported_not_silently_stored() {
     cluster.start();
 
     let id = cluster.psql("SELECT backup.start_full(wait => true)").trim().to_string();
-    let failures = cluster.psql(&format!("SELECT backup.get('{id}')->'manifest'->'page_checksum_failures'"));
-    let failures: Value = serde_json::from_str(failures.trim()).expect("page_checksum_failures json");
+    let failures = sql_json(&cluster, &format!("SELECT backup.get('{id}')->'manifest'->'page_checksum_failures'"));
     let list = failures.as_array().expect("an array of failures");
     assert_eq!(list.len(), 1, "expected exactly the damaged page: {failures}");
     assert_eq!(list[0]["path"], path.as_str());
@@ -116,12 +93,15 @@ fn server_shutdown_mid_backup_ends_it_failed() {
     cluster.start();
     let (status, error) = row(&cluster, &id);
     assert_eq!(status, "failed", "interrupted backup {id} is {status}");
-    assert!(!error.is_empty(), "a failed backup must say why");
-    assert!(!repository_backup_ids(&archiver).contains(&id), "an interrupted backup is listed in the repository");
+    assert!(!error.trim().is_empty(), "a failed backup must say why");
+    assert!(
+        !cli_list_ids(&archiver, "after the shutdown").contains(&id),
+        "an interrupted backup is listed in the repository"
+    );
 
     cluster.psql("ALTER SYSTEM SET backup.max_rate = 0");
     cluster.psql("SELECT pg_reload_conf()");
     let next = cluster.psql("SELECT backup.start_full(wait => true)").trim().to_string();
     assert_eq!(row(&cluster, &next).0, "completed");
-    assert!(repository_backup_ids(&archiver).contains(&next));
+    assert!(cli_list_ids(&archiver, "next backup").contains(&next));
 }

@@ -20,17 +20,6 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Generous: archiving competes for 2 cores with the load and the other tests.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(180);
 
-/// A fresh repository (`init` on the cluster's data directory) and a started
-/// cluster archiving into it.
-fn archiving_cluster(label: &str) -> (Archiver, Cluster) {
-    let archiver = Archiver::new(label);
-    let cluster = Cluster::initdb(label);
-    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
-    cluster.enable_archiving(&archiver);
-    cluster.start();
-    (archiver, cluster)
-}
-
 /// The entry for `timeline` in `info`'s `wal.timelines`.
 fn timeline(info: &Value, timeline: u64) -> &Value {
     info["wal"]["timelines"]
@@ -40,11 +29,13 @@ fn timeline(info: &Value, timeline: u64) -> &Value {
 }
 
 /// Segment numbers of the timeline-1 segments stored in the repository, read
-/// from disk (not from the binary's own listing).
+/// from the storage listing (not from the binary's own listing).
 fn stored_segments(archiver: &Archiver) -> Vec<u64> {
-    let mut segs: Vec<u64> = files_under(&archiver.repo().join("wal"))
+    let mut segs: Vec<u64> = archiver
+        .storage()
+        .keys("wal/")
         .iter()
-        .filter_map(|p| parse_segment_name(p.file_name()?.to_str()?))
+        .filter_map(|key| parse_segment_name(key_file_name(key)))
         .filter(|(tli, _)| *tli == 1)
         .map(|(_, seg)| seg)
         .collect();
@@ -59,7 +50,7 @@ fn assert_archive_complete(step: &str, archiver: &Archiver, last: &str) {
     let last_seg = parse_segment_name(last).unwrap().1;
     let on_disk = stored_segments(archiver);
     let expected: Vec<u64> = (1..=*on_disk.last().unwrap_or(&0)).collect();
-    assert_eq!(on_disk, expected, "{step}: segments stored on disk are not contiguous from 1");
+    assert_eq!(on_disk, expected, "{step}: segments stored in the repository are not contiguous from 1");
     assert!(
         on_disk.last().copied().unwrap_or(0) >= last_seg,
         "{step}: repository ends at {:?}, before {last}",
@@ -105,7 +96,7 @@ fn insert_markers(c: &Cluster, from: u64, to: u64) {
 /// with `-X none` recovers from the repository alone to exactly the primary's data.
 #[test]
 fn archive_under_load_then_restore_base_backup() {
-    let (archiver, a) = archiving_cluster("load");
+    let (archiver, a) = archiving_cluster("load", &[]);
 
     // Step 1: data the base backup will contain.
     a.psql("CREATE TABLE marker (id bigint PRIMARY KEY, note text NOT NULL)");
@@ -144,7 +135,7 @@ fn archive_under_load_then_restore_base_backup() {
     assert_eq!(info["encryption"], "aes-256-gcm", "step 5: info\n{info:#}");
     assert_archive_complete("step 5", &archiver, &last);
 
-    // Step 5b: wal-list agrees with the layout on disk, and the base backup's
+    // Step 5b: wal-list agrees with the repository's layout, and the base backup's
     // history file was archived too.
     let (r, list) = archiver.wal_list(false);
     r.assert_ok("step 5b: wal-list");
@@ -161,7 +152,7 @@ fn archive_under_load_then_restore_base_backup() {
     }
     for entry in files {
         let object = entry["object"].as_str().unwrap_or_else(|| panic!("step 5b: {entry}"));
-        assert!(archiver.repo().join(object).is_file(), "step 5b: object of {entry} does not exist");
+        assert!(archiver.storage().exists(object), "step 5b: object of {entry} does not exist");
     }
     assert_eq!(
         files.iter().filter(|f| f["kind"] == "backup").count(),
@@ -175,12 +166,13 @@ fn archive_under_load_then_restore_base_backup() {
     // Compression alone already hides the marker (entropy-coded literals), so also
     // require that no object starts with a zstd frame in the clear: objects are
     // compressed *then* encrypted, so the frame magic must be inside the ciphertext.
-    for path in files_under(archiver.repo()) {
-        let bytes = fs::read(&path).unwrap();
-        assert!(!contains_bytes(&bytes, MARKER.as_bytes()), "step 6: plaintext marker found in {}", path.display());
-        if path.starts_with(archiver.repo().join("wal")) {
+    let repo = archiver.storage();
+    for key in repo.keys("") {
+        let bytes = repo.read(&key);
+        assert!(!contains_bytes(&bytes, MARKER.as_bytes()), "step 6: plaintext marker found in {key}");
+        if key.starts_with("wal/") {
             let head = &bytes[..bytes.len().min(256)];
-            assert!(!contains_bytes(head, &ZSTD_MAGIC), "step 6: unencrypted zstd frame in {}", path.display());
+            assert!(!contains_bytes(head, &ZSTD_MAGIC), "step 6: unencrypted zstd frame in {key}");
         }
     }
 
@@ -195,7 +187,7 @@ fn archive_under_load_then_restore_base_backup() {
 /// modes, on one archiving cluster.
 #[test]
 fn push_fetch_contract_and_failure_modes() {
-    let (archiver, a) = archiving_cluster("contract");
+    let (archiver, a) = archiving_cluster("contract", &[]);
     let scratch = archiver.dir();
 
     // Setup: two archived segments; keep the server's own copy of the first.
@@ -233,8 +225,10 @@ fn push_fetch_contract_and_failure_modes() {
     archiver.push(&fetched).assert_ok("(b) re-push of identical content");
 
     // (c) different content under an archived name is refused and changes nothing.
-    let object = archiver.object_path(&seg);
-    let object_before = fs::read(&object).unwrap_or_else(|e| panic!("(c) object {}: {e}", object.display()));
+    let repo = archiver.storage();
+    let object = wal_object_key(&seg);
+    let object_before =
+        repo.read_if_exists(&object).unwrap_or_else(|| panic!("(c) object {object} is not in the repository"));
     let mut altered = original.clone();
     altered[XLOG_BLCKSZ + 100] ^= 0xff;
     let altered_path = scratch.write(format!("altered/{seg}"), &altered);
@@ -244,7 +238,7 @@ fn push_fetch_contract_and_failure_modes() {
         r.stderr.contains(&seg) && r.stderr.contains("different"),
         "(c) stderr must name {seg} and say \"different\"\n{r}"
     );
-    assert!(fs::read(&object).unwrap() == object_before, "(c) the stored object was modified");
+    assert!(repo.read(&object) == object_before, "(c) the stored object was modified");
     let refetched = scratch.mkdir("refetched").join(&seg);
     archiver.fetch(&seg, &refetched).assert_ok("(c) fetch after refused push");
     assert!(fs::read(&refetched).unwrap() == original, "(c) fetch no longer returns the original bytes");
@@ -270,20 +264,17 @@ fn push_fetch_contract_and_failure_modes() {
     let foreign = Cluster::initdb("contract-foreign");
     assert_ne!(foreign.system_identifier(), a.system_identifier(), "(f) setup");
     let foreign_name = "000000010000000000000001";
-    let foreign_object = archiver.object_path(foreign_name);
-    let stored_before = fs::read(&foreign_object).ok();
+    let foreign_object = wal_object_key(foreign_name);
+    let stored_before = repo.read_if_exists(&foreign_object);
     let r = archiver.push(&foreign.pg_wal().join(foreign_name));
     assert_eq!(r.code, 1, "(f) push of a foreign segment must exit 1\n{r}");
     assert!(r.stderr.contains("system identifier"), "(f) stderr must mention \"system identifier\"\n{r}");
-    assert_eq!(fs::read(&foreign_object).ok(), stored_before, "(f) the stored {foreign_name} changed");
+    assert_eq!(repo.read_if_exists(&foreign_object), stored_before, "(f) the stored {foreign_name} changed");
     let r = archiver.init(&foreign.pgdata);
     assert_ne!(r.code, 0, "(f) init of the repository for another cluster must fail\n{r}");
 
     // (g) one flipped byte in a stored object is detected by fetch and by wal-list --verify.
-    let mut bytes = fs::read(&object).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x01;
-    fs::write(&object, &bytes).unwrap();
+    repo.flip_middle_bit(&object, 0x01);
     let dest = scratch.mkdir("corrupt").join(&seg);
     let r = archiver.fetch(&seg, &dest);
     assert_eq!((r.code, r.signal), (128, None), "(g) fetch of a corrupt object must exit 128\n{r}");
@@ -304,7 +295,7 @@ fn push_fetch_contract_and_failure_modes() {
 /// the segments; once it is writable again, everything is archived without holes.
 #[test]
 fn archiving_catches_up_after_repository_was_unwritable() {
-    let (archiver, a) = archiving_cluster("unwritable");
+    let (archiver, a) = archiving_cluster("unwritable", &[]);
     a.psql("CREATE TABLE t (id int, v text)");
     a.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g");
     let first = a.switch_wal();
@@ -324,7 +315,7 @@ fn archiving_catches_up_after_repository_was_unwritable() {
         a.archiver_stats().failed_count > before.failed_count
     });
     assert!(!a.is_archived(&outage[0]), "outage: {} was archived into a read-only repository", outage[0]);
-    assert!(!archiver.object_path(&outage[0]).exists(), "outage: object for {} exists", outage[0]);
+    assert!(!archiver.storage().exists(&wal_object_key(&outage[0])), "outage: object for {} exists", outage[0]);
 
     // Recovery: writable again; the next switch wakes the archiver up.
     run_root_ok("chmod", &["-R", "u+w", wal_dir]);
@@ -376,7 +367,7 @@ fn push_memory_is_bounded() {
 /// or another cluster's data directory.
 #[test]
 fn check_verb() {
-    let (archiver, a) = archiving_cluster("check");
+    let (archiver, a) = archiving_cluster("check", &[]);
     let pgdata = a.pgdata.to_str().unwrap();
     let r = archiver.run(&["check", "--pgdata", pgdata, "--dbname", &a.conninfo(), "--archive-timeout", "60"]);
     r.assert_ok("(j) check on a correctly archiving cluster");

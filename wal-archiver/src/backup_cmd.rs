@@ -7,41 +7,34 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use backup_core::backup::catalog::RecoveryTarget;
-use backup_core::backup::copy::Progress;
-use backup_core::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
-use backup_core::backup::run::{run_full_backup, BackupOptions, BackupSession, StopInfo};
-use backup_core::backup::{BackupId, Manifest};
 use backup_core::config::Config;
-use backup_core::repo::Repository;
-use backup_core::wal::Lsn;
+use backup_core::pg::backup::copy::Progress;
+use backup_core::pg::backup::inventory::RecoveryTarget;
+use backup_core::pg::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
+use backup_core::pg::backup::run::{run_full_backup, BackupOptions};
+use backup_core::pg::backup::session::{ServerError, SqlSession};
+use backup_core::pg::backup::{BackupId, Manifest};
+use backup_core::pg::PgRepo;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::{human_bytes, Output};
 
-/// pg_backup_start/stop over one client connection.
+/// The backup's session: one client connection (`pg_backup_start` and `pg_backup_stop` must
+/// come from the same one).
 struct ClientSession(postgres::Client);
 
-impl BackupSession for ClientSession {
-    fn start(&mut self, label: &str) -> Result<Lsn, String> {
-        let row = self.0.query_one("SELECT pg_backup_start($1, true)::text", &[&label]).map_err(|e| e.to_string())?;
-        row.get::<_, String>(0).parse().map_err(|e: backup_core::wal::WalError| e.to_string())
-    }
-    fn stop(&mut self) -> Result<StopInfo, String> {
-        let row = self.0.query_one("SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)", &[]).map_err(|e| e.to_string())?;
-        let lsn: String = row.get(0);
-        Ok(StopInfo { lsn: lsn.parse().map_err(|e: backup_core::wal::WalError| e.to_string())?, backup_label: row.get(1), tablespace_map: row.get(2) })
-    }
-    fn next_xid(&mut self) -> Result<u64, String> {
-        let row = self.0.query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[]).map_err(|e| e.to_string())?;
-        row.get::<_, String>(0).parse().map_err(|e: std::num::ParseIntError| e.to_string())
+impl SqlSession for ClientSession {
+    fn query_row(&mut self, sql: &str, args: &[&str]) -> Result<Vec<Option<String>>, ServerError> {
+        let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args.iter().map(|a| a as &(dyn postgres::types::ToSql + Sync)).collect();
+        let row = self.0.query_one(sql, &params).map_err(ServerError::from_client)?;
+        (0..row.len()).map(|i| row.try_get::<_, Option<String>>(i).map_err(ServerError::from_client)).collect()
     }
 }
 
 pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) -> Result<ExitCode> {
-    let mut repo = Repository::open(config)?;
+    let mut repo = PgRepo::open(config)?;
     // Large files compress on several threads, so the last big file does not run alone.
-    repo.set_codec_threads(workers);
+    repo.objects_mut().set_codec_threads(workers);
     let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
     let mut session = ClientSession(client);
     let id = BackupId::at(Utc::now());
@@ -133,12 +126,12 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
 
 pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: &RestoreRequest) -> Result<ExitCode> {
     let target = req.target()?;
-    let mut repo = Repository::open(config)?;
+    let mut repo = PgRepo::open(config)?;
     // The largest files decompress on several threads, so one big file does not run alone.
-    repo.set_codec_threads(req.workers);
+    repo.objects_mut().set_codec_threads(req.workers);
     let manifest = match req.backup_id {
-        Some(id) => repo.read_manifest(&id.parse()?)?,
-        None => repo.find_backup(&target)?,
+        Some(id) => repo.backups().read_manifest(&id.parse()?)?,
+        None => repo.backups().find(&target)?,
     };
     let exe = std::env::current_exe().context("locating wal-archiver")?;
     let restore_command = match config_path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf())) {
@@ -183,8 +176,8 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
 }
 
 pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
-    let repo = Repository::open(config)?;
-    let backups = repo.list_backups()?;
+    let repo = PgRepo::open(config)?;
+    let backups = repo.backups().list()?;
     if output == Output::Json {
         let rows: Vec<_> = backups.iter().map(summary_json).collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "backups": rows }))?);
@@ -202,7 +195,7 @@ pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
             human_bytes(m.stats.stored_bytes)
         );
     }
-    let incomplete = repo.list_incomplete()?;
+    let incomplete = repo.backups().list_incomplete()?;
     if !incomplete.is_empty() {
         println!("incomplete (no manifest, not restorable): {}", incomplete.join(", "));
     }
@@ -220,8 +213,8 @@ pub fn summary_json(m: &Manifest) -> serde_json::Value {
 }
 
 pub fn verify(config: &Config, id: &str, output: Output) -> Result<ExitCode> {
-    let repo = Repository::open(config)?;
-    let report = repo.verify_backup(&id.parse()?)?;
+    let repo = PgRepo::open(config)?;
+    let report = repo.backups().verify(&id.parse()?)?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

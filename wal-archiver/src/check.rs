@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use backup_core::cluster::ClusterIdentity;
 use backup_core::config::{refuse_repo_inside_pgdata, Config};
+use backup_core::pg::cluster::ClusterIdentity;
+use backup_core::pg::wal::WalFileName;
+use backup_core::pg::PgRepo;
 use backup_core::repo::Repository;
 use backup_core::storage::PutMode;
-use backup_core::wal::WalFileName;
 
 struct Report {
     failed: usize,
@@ -40,20 +41,20 @@ pub fn run(config_path: Option<&Path>, pgdata: Option<&Path>, dbname: Option<&st
     if config.encryption {
         r.item("key file", Repository::keys_for(&config).map(|_| ()).map_err(Into::into));
     }
-    let repo = r.item("repository reachable and initialized", Repository::open(&config).map_err(Into::into));
+    let repo = r.item("repository reachable and initialized", PgRepo::open(&config).map_err(Into::into));
     if let Some(repo) = &repo {
         r.item("repository writable", probe_write(repo));
     }
     if let Some(pgdata) = pgdata {
         let identity = r.item("data directory readable", ClusterIdentity::from_pgdata(pgdata).map_err(Into::into));
-        if let Ok(repo_path) = config.repo_path() {
-            r.item("repository outside the data directory", refuse_repo_inside_pgdata(repo_path, pgdata).map_err(Into::into));
+        if let Ok(primary) = config.primary_repo() {
+            r.item("repository outside the data directory", refuse_repo_inside_pgdata(&primary.location, pgdata).map_err(Into::into));
         }
         if let (Some(id), Some(repo)) = (identity, &repo) {
-            let same = id.system_id == repo.info.system_identifier;
+            let theirs = repo.cluster().system_id;
             r.item(
                 "repository belongs to this cluster",
-                if same { Ok(()) } else { Err(anyhow!("cluster is {}, repository is for {}", id.system_id, repo.info.system_identifier)) },
+                if id.system_id == theirs { Ok(()) } else { Err(anyhow!("cluster is {}, repository is for {theirs}", id.system_id)) },
             );
         }
     }
@@ -78,12 +79,12 @@ fn finish(r: Report) -> Result<ExitCode> {
     }
 }
 
-fn probe_write(repo: &Repository) -> Result<()> {
+fn probe_write(repo: &PgRepo) -> Result<()> {
     let key = format!("check/probe-{}", std::process::id());
-    let s = repo.storage();
-    s.put(&key, b"wal-archiver check", PutMode::Overwrite)?;
-    let back = s.get_bytes(&key)?;
-    s.delete(&key)?;
+    let (s, ctx) = (repo.objects().storage(), repo.objects().ctx());
+    s.put(&ctx, &key, b"wal-archiver check", PutMode::Overwrite)?;
+    let back = s.get_bytes(&ctx, &key)?;
+    s.delete(&ctx, &key)?;
     if back != b"wal-archiver check" {
         bail!("read back different bytes from {key}");
     }
@@ -113,14 +114,14 @@ fn archive_settings(client: &mut postgres::Client) -> Result<()> {
 
 /// Force a segment switch and wait for that segment to appear in the repository, the way the
 /// server itself would archive it.
-fn archive_round_trip(client: &mut postgres::Client, repo: &Repository, timeout: Duration) -> Result<()> {
+fn archive_round_trip(client: &mut postgres::Client, repo: &PgRepo, timeout: Duration) -> Result<()> {
     // A restore point guarantees there is WAL to switch away from.
     client.execute("SELECT pg_create_restore_point('wal-archiver check')", &[])?;
     let name: String = client.query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])?.get(0);
     let key = WalFileName::parse(&name)?.object_key();
     let start = Instant::now();
     while start.elapsed() < timeout {
-        if repo.storage().exists(&key)? {
+        if repo.objects().storage().exists(&repo.objects().ctx(), &key)? {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -10,14 +10,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use backup_core::archive::{self, FetchError, PushOutcome};
-use backup_core::backup::restore::TargetAction;
-use backup_core::cluster::ClusterIdentity;
 use backup_core::config::{refuse_repo_inside_pgdata, Config};
+use backup_core::error::report;
 use backup_core::keys::{default_key_id, KeyId, KeyRing, MasterKey};
+use backup_core::pg::archive::{self, FetchError, PushOutcome};
+use backup_core::pg::backup::restore::TargetAction;
+use backup_core::pg::cluster::ClusterIdentity;
+use backup_core::pg::wal::WalFileName;
+use backup_core::pg::PgRepo;
 use backup_core::repo::{Encryption, InitOutcome, Repository};
-use backup_core::storage::LocalStorage;
-use backup_core::wal::WalFileName;
+use backup_core::storage;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -242,8 +244,8 @@ fn keygen(output: &Path, name: Option<String>, passphrase_file: Option<&Path>) -
 
 fn init(config_path: Option<&Path>, pgdata: &Path) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let repo_path = config.repo_path()?;
-    refuse_repo_inside_pgdata(repo_path, pgdata)?;
+    let repo = config.primary_repo()?;
+    refuse_repo_inside_pgdata(&repo.location, pgdata)?;
     let cluster = ClusterIdentity::from_pgdata(pgdata)?;
     let encryption = if config.encryption {
         // Load the keys now: a repository nobody can write to is better refused at init.
@@ -252,24 +254,22 @@ fn init(config_path: Option<&Path>, pgdata: &Path) -> Result<ExitCode> {
     } else {
         Encryption::None
     };
-    let storage = LocalStorage::new(repo_path);
-    match Repository::init(&storage, &cluster, encryption)? {
+    let storage = storage::open(&repo.location)?;
+    match PgRepo::init(storage.as_ref(), &cluster, encryption)? {
         InitOutcome::Created => println!(
             "repository {} created for database system {} (PostgreSQL {}, encryption {encryption})",
-            repo_path.display(),
-            cluster.system_id,
-            cluster.pg_version
+            repo.location, cluster.system_id, cluster.pg_version
         ),
-        InitOutcome::AlreadyInitialized => {
-            println!("repository {} is already initialized for database system {}", repo_path.display(), cluster.system_id)
+        InitOutcome::AlreadyInitialized(_) => {
+            println!("repository {} is already initialized for database system {}", repo.location, cluster.system_id)
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn push(config_path: Option<&Path>, path: &Path) -> Result<ExitCode> {
-    let repo = Repository::open_for_archiving(&load_config(config_path)?)?;
-    match repo.push_wal(path)? {
+    let repo = PgRepo::open_for_archiving(&load_config(config_path)?)?;
+    match repo.wal().push(path)? {
         PushOutcome::Archived { .. } => {}
         PushOutcome::AlreadyArchived => {
             let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -297,17 +297,17 @@ fn fetch(config_path: Option<&Path>, name: &str, dest: &Path) -> ExitCode {
     let attempts = config.fetch_retries + 1;
     let mut delay = Duration::from_millis(config.fetch_retry_delay_ms);
     for attempt in 1..=attempts {
-        let outcome = Repository::open(&config).map_err(FetchError::from).and_then(|repo| repo.fetch_wal(&wal_name, dest));
+        let outcome = PgRepo::open(&config).map_err(FetchError::from).and_then(|repo| repo.wal().fetch(&wal_name, dest));
         match outcome {
             Ok(()) => return ExitCode::SUCCESS,
             Err(FetchError::NotFound(_)) => return ExitCode::from(1),
             Err(e) if attempt < attempts => {
-                eprintln!("wal-archiver: fetch {name} failed (attempt {attempt} of {attempts}): {e:#}; retrying in {delay:?}");
+                eprintln!("wal-archiver: fetch {name} failed (attempt {attempt} of {attempts}): {}; retrying in {delay:?}", report(&e));
                 std::thread::sleep(delay);
                 delay *= 2;
             }
             Err(e) => {
-                eprintln!("wal-archiver: fetch {name} failed after {attempts} attempts: {e:#}; aborting recovery (exit {EXIT_ABORT_RECOVERY}) rather than ending it early");
+                eprintln!("wal-archiver: fetch {name} failed after {attempts} attempts: {}; aborting recovery (exit {EXIT_ABORT_RECOVERY}) rather than ending it early", report(&e));
             }
         }
     }
@@ -316,29 +316,30 @@ fn fetch(config_path: Option<&Path>, name: &str, dest: &Path) -> ExitCode {
 
 fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let repo = Repository::open(&config)?;
-    let files = repo.list_wal()?;
-    let timelines = archive::summarize_timelines(&files, repo.info.wal_segment_size);
+    let repo = PgRepo::open(&config)?;
+    let files = repo.wal().list()?;
+    let c = repo.cluster();
+    let timelines = archive::summarize_timelines(&files, c.wal_segment_size);
     let stored: u64 = files.iter().map(|f| f.stored_bytes).sum();
-    let i = &repo.info;
+    let i = &repo.objects().info;
     if output == Output::Json {
         let doc = json!({
             "repository": repo.location(),
             "format": i.format,
-            "system_identifier": i.system_identifier,
-            "pg_version": i.pg_version,
-            "wal_segment_size": i.wal_segment_size,
+            "system_identifier": c.system_id,
+            "pg_version": c.pg_version,
+            "wal_segment_size": c.wal_segment_size,
             "encryption": i.encryption,
             "created": i.created,
-            "key_ids": repo.keys().map(|k| k.ids().map(|id| id.0.clone()).collect::<Vec<_>>()),
+            "key_ids": repo.objects().keys().map(|k| k.ids().map(|id| id.0.clone()).collect::<Vec<_>>()),
             "wal": { "files": files.len(), "stored_bytes": stored, "timelines": timelines },
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("repository:         {}", repo.location());
-    println!("database system:    {} (PostgreSQL {})", i.system_identifier, i.pg_version);
-    println!("WAL segment size:   {} MB", i.wal_segment_size >> 20);
+    println!("database system:    {} (PostgreSQL {})", c.system_id, c.pg_version);
+    println!("WAL segment size:   {} MB", c.wal_segment_size >> 20);
     println!("encryption:         {}", i.encryption);
     println!("created:            {}", i.created.format("%Y-%m-%d %H:%M:%S UTC"));
     println!("archived WAL:       {} files, {}", files.len(), human_bytes(stored));
@@ -353,18 +354,19 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
 
 fn wal_list(config_path: Option<&Path>, output: Output, verify: bool) -> Result<ExitCode> {
     let config = load_config(config_path)?;
-    let repo = Repository::open(&config)?;
-    let files = repo.list_wal()?;
+    let repo = PgRepo::open(&config)?;
+    let wal = repo.wal();
+    let files = wal.list()?;
     let mut corrupt = 0;
     let mut rows = Vec::with_capacity(files.len());
     for f in &files {
         let mut row = serde_json::to_value(f)?;
         if verify {
-            let status = match repo.verify_wal(f) {
+            let status = match wal.verify(f) {
                 Ok(()) => "ok".to_string(),
                 Err(e) => {
                     corrupt += 1;
-                    format!("corrupt: {e}")
+                    format!("corrupt: {}", report(&e))
                 }
             };
             row["status"] = json!(status);

@@ -3,16 +3,18 @@
 //! Writes are durable the POSIX way: a temporary file in the destination directory, fsync, then
 //! rename (overwrite) or link (create-if-absent, which fails atomically when the name exists),
 //! then fsync of the directory so the new name survives a crash. Temporary files start with `.`
-//! and are invisible to `list`.
+//! and are invisible to listings.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rand::Rng;
 
-use super::{validate_key, ObjectMeta, ObjectWriter, PutMode, PutOutcome, Storage, StorageError};
+use super::{
+    validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode,
+    PutOutcome, Storage, StorageError,
+};
 
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
@@ -31,6 +33,15 @@ impl LocalStorage {
     fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
         Ok(self.root.join(key))
+    }
+
+    /// The directory a prefix lies in, and the part of the prefix naming entries inside it.
+    fn prefix_dir<'p>(&self, prefix: &'p str) -> Result<(PathBuf, &'p str, &'p str), StorageError> {
+        validate_prefix(prefix)?;
+        Ok(match prefix.rfind('/') {
+            Some(i) => (self.root.join(&prefix[..i]), &prefix[..=i], &prefix[i + 1..]),
+            None => (self.root.clone(), "", prefix),
+        })
     }
 
     /// `create_dir_all`, then fsync the parent of every directory it created, so a committed
@@ -59,13 +70,102 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Entries of `dir` that are committed objects or directories, sorted so that a depth-first
+/// walk yields keys in byte order: a directory sorts as its name plus `/`.
+fn sorted_entries(dir: &Path, key_prefix: &str) -> Result<Vec<(String, bool, fs::Metadata)>, StorageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("listing", key_prefix, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("listing", key_prefix, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue; // in-flight temporary file
+        }
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // deleted as we list
+            Err(e) => return Err(StorageError::io("inspecting", &format!("{key_prefix}{name}"), e)),
+        };
+        let is_dir = meta.is_dir();
+        if is_dir || meta.is_file() {
+            out.push((if is_dir { format!("{name}/") } else { name }, is_dir, meta));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// A lazy depth-first walk: memory holds one directory's entries per level, not the listing.
+struct Walk {
+    ctx: Ctx,
+    root: PathBuf,
+    prefix: String,
+    /// Per level: the key prefix of the directory, and its remaining entries (reversed).
+    stack: Vec<(String, Vec<(String, bool, fs::Metadata)>)>,
+}
+
+impl Iterator for Walk {
+    type Item = Result<ObjectMeta, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (dir_key, entries) = self.stack.last_mut()?;
+            let Some((name, is_dir, meta)) = entries.pop() else {
+                self.stack.pop();
+                continue;
+            };
+            let key = format!("{dir_key}{name}");
+            if let Err(e) = self.ctx.check("listing", &self.prefix) {
+                self.stack.clear();
+                return Some(Err(e));
+            }
+            if is_dir {
+                // Keys below are "key…": worth a visit only if one of them can match.
+                if self.prefix.starts_with(&key) || key.starts_with(&self.prefix) {
+                    match sorted_entries(&self.root.join(&key), &key) {
+                        Ok(mut below) => {
+                            below.reverse();
+                            self.stack.push((key, below));
+                        }
+                        Err(e) => {
+                            self.stack.clear();
+                            return Some(Err(e));
+                        }
+                    }
+                }
+            } else if key.starts_with(&self.prefix) {
+                return Some(Ok(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() }));
+            }
+        }
+    }
+}
+
+/// A file read as a byte range; checks the call's context between reads.
+struct RangeReader {
+    ctx: Ctx,
+    key: String,
+    inner: io::Take<File>,
+}
+
+impl Read for RangeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.ctx.check_io("reading", &self.key)?;
+        self.inner.read(buf)
+    }
+}
+
 impl Storage for LocalStorage {
     fn location(&self) -> String {
         self.root.display().to_string()
     }
 
-    fn writer(&self, key: &str, mode: PutMode) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
+    fn writer(&self, ctx: &Ctx, key: &str, mode: PutMode) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
         let path = self.path(key)?;
+        ctx.check("writing", key)?;
         let dir = path.parent().expect("validated key has a parent").to_path_buf();
         self.create_dirs(&dir, key)?;
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -76,6 +176,7 @@ impl Storage for LocalStorage {
             .open(&temp)
             .map_err(|e| StorageError::io("creating", key, e))?;
         Ok(Box::new(LocalWriter {
+            ctx: ctx.clone(),
             key: key.to_string(),
             dir,
             path,
@@ -85,90 +186,97 @@ impl Storage for LocalStorage {
         }))
     }
 
-    fn get(&self, key: &str) -> Result<Box<dyn Read + Send + '_>, StorageError> {
-        let file = File::open(self.path(key)?).map_err(|e| StorageError::io("opening", key, e))?;
-        Ok(Box::new(file))
-    }
-
-    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, StorageError> {
-        let mut file = File::open(self.path(key)?).map_err(|e| StorageError::io("opening", key, e))?;
-        file.seek(SeekFrom::Start(range.start)).map_err(|e| StorageError::io("reading", key, e))?;
-        let mut out = Vec::new();
-        file.take(range.end.saturating_sub(range.start))
-            .read_to_end(&mut out)
-            .map_err(|e| StorageError::io("reading", key, e))?;
-        Ok(out)
-    }
-
-    fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
-        match fs::metadata(self.path(key)?) {
-            Ok(m) if m.is_file() => {
-                Ok(Some(ObjectMeta { key: key.to_string(), size: m.len(), modified: m.modified().ok() }))
+    fn get_range(&self, ctx: &Ctx, key: &str, range: ByteRange) -> Result<ObjectReader<'_>, StorageError> {
+        let path = self.path(key)?;
+        ctx.check("reading", key)?;
+        let mut file = File::open(path).map_err(|e| StorageError::io("opening", key, e))?;
+        let (start, len) = match range {
+            ByteRange::Bounded(r) => (r.start, r.end.saturating_sub(r.start)),
+            ByteRange::Suffix(n) => {
+                let size = file.metadata().map_err(|e| StorageError::io("inspecting", key, e))?.len();
+                (size.saturating_sub(n), n)
             }
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).map_err(|e| StorageError::io("reading", key, e))?;
+        }
+        Ok(Box::new(RangeReader { ctx: ctx.clone(), key: key.to_string(), inner: file.take(len) }))
+    }
+
+    fn head(&self, ctx: &Ctx, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let path = self.path(key)?;
+        ctx.check("inspecting", key)?;
+        match fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { key: key.to_string(), size: m.len(), modified: m.modified().ok() })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::io("inspecting", key, e)),
         }
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    fn list(&self, ctx: &Ctx, prefix: &str) -> Result<ObjectStream<'_>, StorageError> {
+        ctx.check("listing", prefix)?;
         // Walk only the directory the prefix names, then filter by the rest of it.
-        let start = match prefix.rfind('/') {
-            Some(i) => self.root.join(&prefix[..i]),
-            None => self.root.clone(),
-        };
-        let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StorageError::io("listing", &dir.display().to_string(), e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| StorageError::io("listing", &dir.display().to_string(), e))?;
-                if entry.file_name().to_string_lossy().starts_with('.') {
-                    continue; // in-flight temporary file
-                }
-                let path = entry.path();
-                let rel = path.strip_prefix(&self.root).unwrap().to_string_lossy().into_owned();
-                let meta = entry.metadata().map_err(|e| StorageError::io("inspecting", &rel, e))?;
-                if meta.is_dir() {
-                    // Keys below are "rel/…": worth a visit only if one of them can match.
-                    let dir_prefix = format!("{rel}/");
-                    if prefix.starts_with(&dir_prefix) || dir_prefix.starts_with(prefix) {
-                        stack.push(path);
-                    }
-                } else if rel.starts_with(prefix) {
-                    out.push(ObjectMeta { key: rel, size: meta.len(), modified: meta.modified().ok() });
-                }
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let (dir, dir_key, _) = self.prefix_dir(prefix)?;
+        let mut entries = sorted_entries(&dir, dir_key)?;
+        entries.reverse();
+        Ok(Box::new(Walk { ctx: ctx.clone(), root: self.root.clone(), prefix: prefix.to_string(), stack: vec![(dir_key.to_string(), entries)] }))
     }
 
-    fn abort_stale_uploads(&self, prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
-        let start = match prefix.rfind('/') {
-            Some(i) => self.root.join(&prefix[..i]),
-            None => self.root.clone(),
-        };
+    fn list_with_delimiter(&self, ctx: &Ctx, prefix: &str) -> Result<Listing, StorageError> {
+        ctx.check("listing", prefix)?;
+        let (dir, dir_key, name_start) = self.prefix_dir(prefix)?;
+        let mut listing = Listing::default();
+        for (name, is_dir, meta) in sorted_entries(&dir, dir_key)? {
+            if !name.starts_with(name_start) {
+                continue;
+            }
+            let key = format!("{dir_key}{name}");
+            if is_dir {
+                // As on an object store, a prefix exists only while an object is under it (a
+                // deleted backup leaves empty directories behind).
+                if self.list(ctx, &key)?.next().transpose()?.is_some() {
+                    listing.prefixes.push(key);
+                }
+            } else {
+                listing.objects.push(ObjectMeta { key, size: meta.len(), modified: meta.modified().ok() });
+            }
+        }
+        Ok(listing)
+    }
+
+    fn abort_stale_uploads(&self, ctx: &Ctx, prefix: &str, older_than: std::time::Duration) -> Result<u64, StorageError> {
+        let (start, dir_key, _) = self.prefix_dir(prefix)?;
         let mut removed = 0;
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
+            ctx.check("aborting uploads under", prefix)?;
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io("listing", dir_key, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("listing", dir_key, e))?;
                 let path = entry.path();
                 let rel = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().into_owned();
-                let Ok(meta) = entry.metadata() else { continue };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io("inspecting", &rel, e)),
+                };
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if meta.is_dir() {
                     stack.push(path);
-                } else if name.starts_with('.') && name.ends_with(".tmp") && rel.starts_with(prefix.trim_end_matches(|c| c != '/')) {
+                } else if name.starts_with('.') && name.ends_with(".tmp") && rel.starts_with(dir_key) {
                     let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
                     if age >= older_than {
-                        fs::remove_file(&path).map_err(|e| StorageError::io("deleting", &rel, e))?;
-                        removed += 1;
+                        match fs::remove_file(&path) {
+                            Ok(()) => removed += 1,
+                            // Its writer committed or abandoned it meanwhile.
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(StorageError::io("deleting", &rel, e)),
+                        }
                     }
                 }
             }
@@ -176,8 +284,9 @@ impl Storage for LocalStorage {
         Ok(removed)
     }
 
-    fn delete(&self, key: &str) -> Result<(), StorageError> {
+    fn delete(&self, ctx: &Ctx, key: &str) -> Result<(), StorageError> {
         let path = self.path(key)?;
+        ctx.check("deleting", key)?;
         match fs::remove_file(&path) {
             Ok(()) => sync_dir(path.parent().unwrap()).map_err(|e| StorageError::io("syncing directory for", key, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -187,6 +296,7 @@ impl Storage for LocalStorage {
 }
 
 struct LocalWriter {
+    ctx: Ctx,
     key: String,
     dir: PathBuf,
     path: PathBuf,
@@ -197,6 +307,7 @@ struct LocalWriter {
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ctx.check_io("writing", &self.key)?;
         self.file.as_mut().expect("writer used after commit").write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -207,6 +318,7 @@ impl Write for LocalWriter {
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<PutOutcome, StorageError> {
         let key = self.key.clone();
+        self.ctx.check("committing", &key)?;
         let file = self.file.take().unwrap();
         let file = file.into_inner().map_err(|e| StorageError::io("writing", &key, e.into_error()))?;
         file.sync_all().map_err(|e| StorageError::io("syncing", &key, e))?;
@@ -223,7 +335,6 @@ impl ObjectWriter for LocalWriter {
                 Err(e) => return Err(StorageError::io("linking into", &key, e)),
             },
         };
-        let _ = fs::remove_file(&self.temp);
         sync_dir(&self.dir).map_err(|e| StorageError::io("syncing directory for", &key, e))?;
         Ok(outcome)
     }
@@ -231,7 +342,8 @@ impl ObjectWriter for LocalWriter {
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
-        // Abandoned or committed: either way the temporary name must not linger.
+        // Abandoned, or committed by link (the object has its real name now): the temporary
+        // name must not linger. Best effort: what a failure leaves, abort_stale_uploads collects.
         self.file.take();
         let _ = fs::remove_file(&self.temp);
     }
@@ -251,12 +363,13 @@ mod tests {
     fn stale_uploads_are_aborted_by_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        let w = s.writer("a/x", PutMode::IfAbsent).unwrap();
+        let ctx = Ctx::background();
+        let w = s.writer(&ctx, "a/x", PutMode::IfAbsent).unwrap();
         std::mem::forget(w); // as if the writer's process were killed
-        let w2 = s.writer("b/y", PutMode::IfAbsent).unwrap();
+        let w2 = s.writer(&ctx, "b/y", PutMode::IfAbsent).unwrap();
         std::mem::forget(w2);
-        assert_eq!(s.abort_stale_uploads("a/", std::time::Duration::from_secs(3600)).unwrap(), 0, "too young");
-        assert_eq!(s.abort_stale_uploads("a/", std::time::Duration::ZERO).unwrap(), 1);
+        assert_eq!(s.abort_stale_uploads(&ctx, "a/", std::time::Duration::from_secs(3600)).unwrap(), 0, "too young");
+        assert_eq!(s.abort_stale_uploads(&ctx, "a/", std::time::Duration::ZERO).unwrap(), 1);
         assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 0);
         assert_eq!(fs::read_dir(dir.path().join("b")).unwrap().count(), 1, "another prefix was touched");
     }
@@ -265,9 +378,11 @@ mod tests {
     fn committed_objects_are_plain_files_and_temps_are_gone() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        s.put("a/b/c", b"hello", PutMode::IfAbsent).unwrap();
+        let ctx = Ctx::background();
+        s.put(&ctx, "a/b/c", b"hello", PutMode::IfAbsent).unwrap();
+        s.put(&ctx, "a/b/d", b"hello", PutMode::Overwrite).unwrap();
         assert_eq!(fs::read(dir.path().join("a/b/c")).unwrap(), b"hello");
         let names: Vec<_> = fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 1, "temporary file left behind: {names:?}");
+        assert_eq!(names.len(), 2, "temporary file left behind: {names:?}");
     }
 }

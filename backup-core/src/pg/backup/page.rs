@@ -96,8 +96,8 @@ mod tests {
 
     /// Pages written by a PostgreSQL 15 server with data checksums on (block 3 of pg_class,
     /// block 100 of a user table).
-    const PG_CLASS_BLOCK_3: &[u8] = include_bytes!("../../tests/data/pg15_pg_class_block3.page");
-    const HEAP_BLOCK_100: &[u8] = include_bytes!("../../tests/data/pg15_heap_block100.page");
+    const PG_CLASS_BLOCK_3: &[u8] = include_bytes!("../../../tests/data/pg15_pg_class_block3.page");
+    const HEAP_BLOCK_100: &[u8] = include_bytes!("../../../tests/data/pg15_heap_block100.page");
 
     #[test]
     fn matches_checksums_written_by_postgres() {

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::catalog::RecoveryTarget;
+use super::inventory::RecoveryTarget;
 use super::manifest::{FileEntry, Manifest};
-use crate::repo::{RepoError, Repository};
+use crate::pg::{PgRepo, PgRepoError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetAction {
@@ -63,10 +63,16 @@ pub enum RestoreError {
     TablespaceNotEmpty { oid: u32, path: String },
     #[error("--tablespace-map names tablespace {0}, which is not in this backup")]
     UnknownTablespace(u32),
-    #[error("writing {path}: {cause}")]
-    Write { path: String, cause: std::io::Error },
+    #[error("writing {path}")]
+    Write { path: String, #[source] cause: std::io::Error },
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(#[from] PgRepoError),
+}
+
+impl From<crate::repo::RepoError> for RestoreError {
+    fn from(e: crate::repo::RepoError) -> Self {
+        RestoreError::Repo(e.into())
+    }
 }
 
 fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
@@ -89,7 +95,7 @@ fn check_empty(dir: &Path) -> Result<(), RestoreError> {
 }
 
 pub fn restore_backup(
-    repo: &Repository,
+    repo: &PgRepo,
     manifest: &Manifest,
     pgdata: &Path,
     opts: &RestoreOptions,
@@ -178,7 +184,7 @@ impl Writeback {
 }
 
 fn restore_files(
-    repo: &Repository,
+    repo: &PgRepo,
     files: &[FileEntry],
     pgdata: &Path,
     workers: usize,
@@ -200,7 +206,7 @@ fn restore_files(
         failed.store(true, Ordering::Relaxed);
         first_error.lock().unwrap().get_or_insert(e);
     };
-    let ended = crate::threads::Ended::default();
+    let group = crate::threads::WorkerGroup::default();
     let work = |_: usize| {
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +225,7 @@ fn restore_files(
         }
     };
     std::thread::scope(|scope| {
-        let handles = ended.spawn(scope, workers.max(1), &work);
+        let handles = group.spawn(scope, workers.max(1), &work);
         for (i, file) in order.iter().enumerate() {
             if failed.load(Ordering::Relaxed) {
                 break;
@@ -230,7 +236,7 @@ fn restore_files(
                 Err(e) => fail(write_err(&path)(e)),
             }
         }
-        while !ended.wait(workers.max(1), WRITEBACK_INTERVAL) {
+        while !group.wait_all(workers.max(1), WRITEBACK_INTERVAL) {
             if let Err(e) = writeback.sync() {
                 fail(e);
             }
@@ -245,11 +251,11 @@ fn restore_files(
     }
 }
 
-fn restore_one(repo: &Repository, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
+fn restore_one(repo: &PgRepo, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
     let path: PathBuf = pgdata.join(&file.path);
     let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
-    repo.decode_file(file, &mut out)?;
+    repo.objects().decode_file(file, &mut out)?;
     // Written back by restore_files' periodic syncfs, which also makes it durable.
     out.flush().map_err(write_err(&path))
 }

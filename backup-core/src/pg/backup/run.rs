@@ -1,8 +1,8 @@
 //! A full base backup from start to manifest, independent of how we talk to the server.
 //!
-//! The server side (`pg_backup_start` / `pg_backup_stop`, from one session) is behind
-//! [`BackupSession`]: the extension's background worker implements it with SPI, the tests and
-//! the CLI with a client connection. Everything else happens here.
+//! The server side (`pg_backup_start` / `pg_backup_stop`, from one session) is
+//! [`super::session`], over a [`SqlSession`]: the extension's background worker provides one
+//! with SPI, the CLI with a client connection. Everything else happens here.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,28 +10,11 @@ use std::time::{Duration, Instant};
 use super::copy::{copy_files, CopyError, CopyOptions, Progress};
 use super::manifest::{BackupId, BackupKind, BackupStats, Manifest, MANIFEST_FORMAT};
 use super::scan::scan_pgdata;
-use crate::cluster::ClusterIdentity;
-use crate::repo::{RepoError, Repository};
-use crate::storage::PutMode;
-use crate::wal::{Lsn, TimelineId, WalFileName};
-
-pub struct StopInfo {
-    pub lsn: Lsn,
-    pub backup_label: String,
-    pub tablespace_map: Option<String>,
-}
-
-/// The server half of a non-exclusive base backup. Both calls come from the same session.
-pub trait BackupSession {
-    /// `pg_backup_start(label, fast => true)`; returns the start LSN.
-    fn start(&mut self, label: &str) -> Result<Lsn, String>;
-    /// `pg_backup_stop(wait_for_archive => false)`: the server's own wait polls once a second;
-    /// [`run_full_backup`] waits instead for the stop segment to reach *this* repository,
-    /// which is the condition that matters.
-    fn stop(&mut self) -> Result<StopInfo, String>;
-    /// The next transaction id (`pg_current_snapshot()`'s xmax) after the stop.
-    fn next_xid(&mut self) -> Result<u64, String>;
-}
+use super::session::{self, SessionError, SqlSession};
+use crate::pg::cluster::ClusterIdentity;
+use crate::pg::wal::TimelineId;
+use crate::pg::{PgRepo, PgRepoError};
+use crate::repo::RepoError;
 
 /// What the backup is doing, for `backup.progress`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,20 +51,20 @@ pub struct BackupOptions {
 pub enum BackupError {
     #[error("data directory {pgdata} belongs to database system {cluster}, but the repository is for {repo}")]
     WrongCluster { pgdata: String, cluster: String, repo: String },
-    #[error("server refused: {0}")]
-    Server(String),
+    #[error("server refused")]
+    Server(#[source] SessionError),
     #[error("backup cancelled")]
     Cancelled,
     #[error("WAL segment {segment} needed to make the backup consistent did not reach the repository within {seconds} s; check archive_command (pg_stat_archiver)")]
     WalNotArchived { segment: String, seconds: u64 },
-    #[error("cannot read the data directory: {0}")]
-    Scan(std::io::Error),
+    #[error("cannot read the data directory")]
+    Scan(#[source] std::io::Error),
     #[error(transparent)]
     Copy(CopyError),
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(#[from] PgRepoError),
     #[error(transparent)]
-    Cluster(#[from] crate::cluster::ClusterError),
+    Cluster(#[from] crate::pg::cluster::ClusterError),
 }
 
 impl From<CopyError> for BackupError {
@@ -93,14 +76,23 @@ impl From<CopyError> for BackupError {
     }
 }
 
+impl From<RepoError> for BackupError {
+    fn from(e: RepoError) -> Self {
+        if e.is_cancelled() {
+            return BackupError::Cancelled;
+        }
+        BackupError::Repo(e.into())
+    }
+}
+
 /// Take a full backup of the cluster at `pgdata` into `repo` as backup `id`.
 ///
 /// `tick(phase)` runs on this thread several times a second; returning `false` cancels. A
 /// cancelled or failed backup leaves data objects but no manifest: it never lists as restorable.
 pub fn run_full_backup(
-    repo: &Repository,
+    repo: &PgRepo,
     pgdata: &Path,
-    session: &mut dyn BackupSession,
+    session: &mut dyn SqlSession,
     id: &BackupId,
     opts: &BackupOptions,
     progress: &Progress,
@@ -108,18 +100,18 @@ pub fn run_full_backup(
 ) -> Result<Manifest, BackupError> {
     let began = Instant::now();
     let cluster = ClusterIdentity::from_pgdata(pgdata)?;
-    if cluster.system_id != repo.info.system_identifier {
+    if cluster.system_id != repo.cluster().system_id {
         return Err(BackupError::WrongCluster {
             pgdata: pgdata.display().to_string(),
             cluster: cluster.system_id.to_string(),
-            repo: repo.info.system_identifier.to_string(),
+            repo: repo.cluster().system_id.to_string(),
         });
     }
     if !tick(Phase::Starting) {
         return Err(BackupError::Cancelled);
     }
     let start_time = chrono::Utc::now();
-    let start_lsn = session.start(id.as_str()).map_err(BackupError::Server)?;
+    let start_lsn = session::start(session, id.as_str()).map_err(BackupError::Server)?;
     let scan = scan_pgdata(pgdata).map_err(BackupError::Scan)?;
     let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums, max_rate: opts.max_rate };
     let copied = copy_files(repo, id, scan.files, &copy_opts, progress, &mut || tick(Phase::Copying))?;
@@ -127,21 +119,24 @@ pub fn run_full_backup(
     if !tick(Phase::Stopping) {
         return Err(BackupError::Cancelled);
     }
-    let stop = session.stop().map_err(BackupError::Server)?;
+    let stop = session::stop(session).map_err(BackupError::Server)?;
     let stop_time = chrono::Utc::now();
-    let next_xid = session.next_xid().ok();
+    // Only `--target-xid` needs it, and a backup without it is still a backup: a failure here
+    // costs that one use (find() then never picks this backup for an xid target).
+    let next_xid = session::next_xid(session).ok();
     let timeline = parse_start_timeline(&stop.backup_label).unwrap_or(TimelineId(1));
-    let seg = repo.info.wal_segment_size;
+    let seg = repo.cluster().wal_segment_size;
     let start_wal = Manifest::wal_name(timeline, start_lsn, seg, false);
     let stop_wal = Manifest::wal_name(timeline, stop.lsn, seg, true);
 
     // The backup is consistent only with WAL up to the stop LSN: wait until the segment
     // holding it is in *this* repository (not merely "archived somewhere").
-    let stop_key = WalFileName::parse(&stop_wal).expect("generated name").object_key();
+    let stop_key = stop_wal.object_key();
+    let objects = repo.objects();
     let waited = Instant::now();
-    while !repo.storage().exists(&stop_key).map_err(RepoError::from)? {
+    while !objects.storage().exists(&objects.ctx(), &stop_key).map_err(RepoError::from)? {
         if waited.elapsed() > opts.wal_timeout {
-            return Err(BackupError::WalNotArchived { segment: stop_wal, seconds: opts.wal_timeout.as_secs() });
+            return Err(BackupError::WalNotArchived { segment: stop_wal.to_string(), seconds: opts.wal_timeout.as_secs() });
         }
         if !tick(Phase::WaitingForWal) {
             return Err(BackupError::Cancelled);
@@ -165,8 +160,8 @@ pub fn run_full_backup(
         id: id.clone(),
         kind: BackupKind::Full,
         parent: None,
-        system_identifier: repo.info.system_identifier,
-        pg_version: repo.info.pg_version,
+        system_identifier: repo.cluster().system_id,
+        pg_version: repo.cluster().pg_version,
         timeline,
         start_lsn,
         stop_lsn: stop.lsn,
@@ -184,25 +179,13 @@ pub fn run_full_backup(
         page_checksum_failures: copied.page_failures,
         stats,
     };
-    repo.write_manifest(&manifest)?;
+    repo.backups().write_manifest(&manifest)?;
     Ok(manifest)
 }
 
 /// `START TIMELINE: 1` in the backup_label text.
 fn parse_start_timeline(label: &str) -> Option<TimelineId> {
     label.lines().find_map(|l| l.strip_prefix("START TIMELINE:")).and_then(|v| v.trim().parse().ok()).map(TimelineId)
-}
-
-impl Repository {
-    /// The manifest goes last and only once: it is what makes the backup exist.
-    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), RepoError> {
-        let json = serde_json::to_vec(manifest).expect("serializable");
-        let key = manifest.id.manifest_key();
-        match self.put_object(&key, &mut &json[..], PutMode::IfAbsent)? {
-            Some(_) => Ok(()),
-            None => Err(RepoError::BackupExists(manifest.id.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,8 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::wal::{Lsn, SystemId, TimelineId};
+pub use crate::repo::files::FileEntry;
+use crate::pg::wal::{Lsn, SegmentPos, SystemId, TimelineId, WalFileName};
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
@@ -59,17 +60,7 @@ impl fmt::Display for BackupId {
     }
 }
 
-impl Serialize for BackupId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for BackupId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_string!(BackupId);
 
 #[derive(Debug, thiserror::Error)]
 #[error("'{0}' is not a backup id (expected the form backup_20240115_143000)")]
@@ -104,8 +95,8 @@ pub struct Manifest {
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
     /// First and last WAL segment a restore needs to reach consistency.
-    pub start_wal: String,
-    pub stop_wal: String,
+    pub start_wal: WalFileName,
+    pub stop_wal: WalFileName,
     pub start_time: DateTime<Utc>,
     pub stop_time: DateTime<Utc>,
     /// Next transaction id when the backup ended: transactions from here on commit after the
@@ -136,23 +127,6 @@ pub struct DirEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    pub path: String,
-    pub size: u64,
-    pub mode: u32,
-    pub mtime: i64,
-    /// SHA-256 of the file's bytes as backed up.
-    pub sha256: String,
-    /// Object holding the encoded file, and where in it (small files share bundles).
-    pub object: String,
-    pub offset: u64,
-    pub stored_size: u64,
-    /// Incremental backups: the blocks stored here; others come from `parent`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed_blocks: Option<Vec<u32>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageFailure {
     pub path: String,
     pub block: u32,
@@ -172,10 +146,19 @@ pub struct BackupStats {
 impl Manifest {
     /// Segment name a position falls in, as the archive names it. `stop` positions use the
     /// segment holding the byte before them, as `pg_walfile_name` does.
-    pub fn wal_name(timeline: TimelineId, lsn: Lsn, segment_size: u32, is_end: bool) -> String {
+    pub fn wal_name(timeline: TimelineId, lsn: Lsn, segment_size: u32, is_end: bool) -> WalFileName {
         let pos = if is_end && lsn.0 > 0 { lsn.0 - 1 } else { lsn.0 };
         let segno = pos / u64::from(segment_size);
-        crate::wal::WalFileName::Segment(crate::wal::SegmentPos::from_segno(timeline, segno, segment_size)).to_string()
+        WalFileName::Segment(SegmentPos::from_segno(timeline, segno, segment_size))
+    }
+
+    /// WAL segments from the backup's start to its stop segment, inclusive: what a restore
+    /// needs to reach consistency.
+    pub fn wal_range(&self, segment_size: u32) -> Vec<WalFileName> {
+        let (Some(first), Some(last)) = (self.start_wal.segment(), self.stop_wal.segment()) else { return Vec::new() };
+        (first.segno(segment_size)..=last.segno(segment_size))
+            .map(|n| WalFileName::Segment(SegmentPos::from_segno(self.timeline, n, segment_size)))
+            .collect()
     }
 }
 
@@ -198,8 +181,8 @@ mod tests {
     #[test]
     fn wal_names_of_start_and_stop() {
         let seg = 16 << 20;
-        assert_eq!(Manifest::wal_name(TimelineId(1), Lsn(0x0300_0028), seg, false), "000000010000000000000003");
+        assert_eq!(Manifest::wal_name(TimelineId(1), Lsn(0x0300_0028), seg, false).to_string(), "000000010000000000000003");
         // A stop exactly on a boundary belongs to the segment before it.
-        assert_eq!(Manifest::wal_name(TimelineId(1), Lsn(0x0400_0000), seg, true), "000000010000000000000003");
+        assert_eq!(Manifest::wal_name(TimelineId(1), Lsn(0x0400_0000), seg, true).to_string(), "000000010000000000000003");
     }
 }

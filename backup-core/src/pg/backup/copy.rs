@@ -1,10 +1,9 @@
-//! Copying files into the repository: parallel workers, small files packed into bundles, page
-//! checksums verified on the way.
+//! Copying a data directory's files into the repository: parallel workers, page checksums
+//! verified on the way, a read-rate limit.
 //!
-//! Each worker owns one open bundle at a time and appends every small file to it as an
-//! independent encoded stream; the manifest records (object, offset, stored size), so a restore
-//! reads each file with one ranged get. A 10,000-relation cluster is therefore a few dozen
-//! objects, not 10,000. Large files get an object each.
+//! Storing is [`crate::repo::files`]' business (bundles for small files, an object each for
+//! large ones); this module reads PostgreSQL's files the way they must be read: page by page,
+//! re-reading a page that looks torn, reporting one that is corrupt.
 //!
 //! The calling thread never copies: it sleeps, runs the caller's `tick` (progress reports,
 //! cancellation checks: the only place an embedding server's API may be used), and joins.
@@ -12,22 +11,20 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::manifest::{BackupId, FileEntry, PageFailure};
 use super::page::{check_page, PageCheck, BLCKSZ};
 use super::scan::SourceFile;
-use crate::codec;
-use crate::repo::{RepoError, Repository};
-use crate::storage::{ObjectWriter, PutMode};
-use crate::wal::Lsn;
+use crate::codec::CodecError;
+use crate::pg::wal::Lsn;
+use crate::pg::PgRepo;
+use crate::repo::files::{FileMeta, FileWriter, ObjectNames};
+use crate::repo::RepoError;
+use crate::storage::CancelToken;
 
-/// Files at least this large get an object of their own.
-const OWN_OBJECT_SIZE: u64 = 4 << 20;
-/// A bundle is closed once it holds this much.
-const BUNDLE_TARGET: u64 = 16 << 20;
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Clone, Debug)]
@@ -62,10 +59,27 @@ pub struct CopyResult {
 pub enum CopyError {
     #[error("cancelled")]
     Cancelled,
-    #[error("reading {path}: {cause}")]
-    Read { path: String, cause: io::Error },
+    #[error("reading {path}")]
+    Read { path: String, #[source] cause: io::Error },
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl CopyError {
+    /// Sort a repository error out: a source read failure or a cancellation travelled through
+    /// the codec as an I/O error; anything else is the repository's.
+    fn from_repo(e: RepoError, rel: &str) -> CopyError {
+        if e.is_cancelled() {
+            return CopyError::Cancelled;
+        }
+        match e {
+            RepoError::Codec { cause: CodecError::Io(io), .. } if io.get_ref().is_some_and(|e| e.is::<CancelMarker>()) => CopyError::Cancelled,
+            RepoError::Codec { cause: CodecError::Io(io), .. } if io.get_ref().is_some_and(|e| e.is::<SourceReadError>()) => {
+                CopyError::Read { path: rel.to_string(), cause: io }
+            }
+            other => CopyError::Repo(other),
+        }
+    }
 }
 
 /// The error a source read returns once the copy is cancelled.
@@ -91,12 +105,16 @@ impl std::fmt::Display for SourceReadError {
     }
 }
 
-impl std::error::Error for SourceReadError {}
+impl std::error::Error for SourceReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// Copy `files` into `backup/<id>/data/`. `tick` runs on the calling thread about five times a
-/// second; returning `false` cancels the copy.
+/// second; returning `false` cancels the copy, including uploads under way.
 pub fn copy_files(
-    repo: &Repository,
+    repo: &PgRepo,
     id: &BackupId,
     mut files: Vec<SourceFile>,
     opts: &CopyOptions,
@@ -108,37 +126,39 @@ pub fn copy_files(
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     let next = AtomicUsize::new(0);
-    let cancel = AtomicBool::new(false);
+    // Ours alone: a failed worker stops its siblings without cancelling the repository.
+    let cancel = CancelToken::new();
     let throttle = Throttle { max_rate: opts.max_rate, started: std::time::Instant::now(), read: AtomicU64::new(0) };
-    let object_seq = AtomicU64::new(0);
+    let names = ObjectNames::new(format!("{}data/", id.prefix()));
     let result = Mutex::new(CopyResult::default());
     let workers = opts.workers.max(1);
 
-    let ended = crate::threads::Ended::default();
+    let group = crate::threads::WorkerGroup::default();
     let work = |_worker: usize| {
-            let mut w = Worker { repo, id, opts, progress, cancel: &cancel, object_seq: &object_seq, bundle: None, throttle: &throttle };
-            let outcome = w.run(&files, &next);
-            let mut r = result.lock().unwrap();
-            match outcome {
-                Ok(done) => {
-                    r.files.extend(done.files);
-                    r.page_failures.extend(done.page_failures);
-                    r.objects += done.objects;
-                    Ok(())
-                }
-                Err(e) => {
-                    cancel.store(true, Ordering::Relaxed);
-                    Err(e)
-                }
+        let writer = FileWriter::new(repo.objects(), repo.objects().ctx().with_cancel(&cancel), &names);
+        let w = Worker { opts, progress, cancel: &cancel, throttle: &throttle, writer };
+        let outcome = w.run(&files, &next);
+        let mut r = result.lock().unwrap();
+        match outcome {
+            Ok(done) => {
+                r.files.extend(done.files);
+                r.page_failures.extend(done.page_failures);
+                r.objects += done.objects;
+                Ok(())
             }
+            Err(e) => {
+                cancel.cancel();
+                Err(e)
+            }
+        }
     };
     std::thread::scope(|scope| {
-        let handles = ended.spawn(scope, workers, &work);
+        let handles = group.spawn(scope, workers, &work);
         loop {
             if !tick() {
-                cancel.store(true, Ordering::Relaxed);
+                cancel.cancel();
             }
-            if ended.wait(workers, Duration::from_millis(200)) {
+            if group.wait_all(workers, Duration::from_millis(200)) {
                 break;
             }
         }
@@ -153,7 +173,7 @@ pub fn copy_files(
         }
         match first_error {
             Some(e) => Err(e),
-            None if cancel.load(Ordering::Relaxed) => Err(CopyError::Cancelled),
+            None if cancel.is_cancelled() => Err(CopyError::Cancelled),
             None => Ok(()),
         }
     })?;
@@ -163,47 +183,33 @@ pub fn copy_files(
     Ok(r)
 }
 
-struct Bundle<'r> {
-    key: String,
-    writer: Box<dyn ObjectWriter + 'r>,
-    offset: u64,
-}
-
 struct Worker<'a> {
-    repo: &'a Repository,
-    id: &'a BackupId,
     opts: &'a CopyOptions,
     progress: &'a Progress,
-    cancel: &'a AtomicBool,
-    object_seq: &'a AtomicU64,
-    bundle: Option<Bundle<'a>>,
+    cancel: &'a CancelToken,
     throttle: &'a Throttle,
+    writer: FileWriter<'a>,
 }
 
-impl<'a> Worker<'a> {
-    fn run(&mut self, files: &[SourceFile], next: &AtomicUsize) -> Result<CopyResult, CopyError> {
+impl Worker<'_> {
+    fn run(mut self, files: &[SourceFile], next: &AtomicUsize) -> Result<CopyResult, CopyError> {
         let mut out = CopyResult::default();
         loop {
-            if self.cancel.load(Ordering::Relaxed) {
+            if self.cancel.is_cancelled() {
                 return Err(CopyError::Cancelled);
             }
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(file) = files.get(i) else { break };
-            if let Some(entry) = self.copy_one(file, &mut out)? {
+            if let Some(entry) = self.copy_one(file, &mut out.page_failures)? {
                 out.files.push(entry);
             }
             self.progress.files_done.fetch_add(1, Ordering::Relaxed);
         }
-        self.close_bundle(&mut out)?;
+        out.objects = self.writer.finish().map_err(|e| CopyError::from_repo(e, ""))?;
         Ok(out)
     }
 
-    fn new_object_key(&self) -> String {
-        let n = self.object_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}data/{:06}", self.id.prefix(), n)
-    }
-
-    fn copy_one(&mut self, file: &SourceFile, out: &mut CopyResult) -> Result<Option<FileEntry>, CopyError> {
+    fn copy_one(&mut self, file: &SourceFile, failures: &mut Vec<PageFailure>) -> Result<Option<FileEntry>, CopyError> {
         let handle = match File::open(&file.abs) {
             Ok(f) => f,
             // Dropped since the scan (a table, a database): WAL replay drops it too.
@@ -218,73 +224,15 @@ impl<'a> Worker<'a> {
             pos: 0,
             buf: Vec::new(),
             served: 0,
-            failures: &mut out.page_failures,
+            failures,
             progress: self.progress,
             cancel: self.cancel,
             throttle: self.throttle,
         };
-        let params = self.repo.encode_params();
-        let own_object = file.size >= OWN_OBJECT_SIZE;
-        if own_object {
-            let key = self.new_object_key();
-            let mut writer = self.repo.storage().writer(&key, PutMode::IfAbsent).map_err(RepoError::from)?;
-            let aad = format!("{key}#{}", file.rel);
-            let summary = codec::encode(&mut reader, &mut writer, &aad, params).map_err(|e| self.map_codec(e, &key, &file.rel))?;
-            writer.commit().map_err(RepoError::from)?;
-            out.objects += 1;
-            self.progress.stored_bytes.fetch_add(summary.stored_size, Ordering::Relaxed);
-            return Ok(Some(entry(file, &summary, key, 0)));
-        }
-        if self.bundle.is_none() {
-            let key = self.new_object_key();
-            let writer = self.repo.storage().writer(&key, PutMode::IfAbsent).map_err(RepoError::from)?;
-            self.bundle = Some(Bundle { key, writer, offset: 0 });
-        }
-        let bundle = self.bundle.as_mut().unwrap();
-        let aad = format!("{}#{}", bundle.key, file.rel);
-        let key = bundle.key.clone();
-        let offset = bundle.offset;
-        let summary = codec::encode(&mut reader, &mut bundle.writer, &aad, params).map_err(|e| self.map_codec(e, &key, &file.rel))?;
-        let bundle = self.bundle.as_mut().unwrap();
-        bundle.offset += summary.stored_size;
+        let meta = FileMeta { path: &file.rel, size: file.size, mode: file.mode, mtime: file.mtime };
+        let (entry, summary) = self.writer.store(&meta, &mut reader).map_err(|e| CopyError::from_repo(e, &file.rel))?;
         self.progress.stored_bytes.fetch_add(summary.stored_size, Ordering::Relaxed);
-        let e = entry(file, &summary, key, offset);
-        if bundle.offset >= BUNDLE_TARGET {
-            self.close_bundle(out)?;
-        }
-        Ok(Some(e))
-    }
-
-    fn close_bundle(&mut self, out: &mut CopyResult) -> Result<(), CopyError> {
-        if let Some(b) = self.bundle.take() {
-            b.writer.commit().map_err(RepoError::from)?;
-            out.objects += 1;
-        }
-        Ok(())
-    }
-
-    fn map_codec(&self, e: codec::CodecError, key: &str, rel: &str) -> CopyError {
-        match e {
-            codec::CodecError::Io(io) if io.get_ref().is_some_and(|e| e.is::<CancelMarker>()) => CopyError::Cancelled,
-            codec::CodecError::Io(io) if io.get_ref().is_some_and(|e| e.is::<SourceReadError>()) => {
-                CopyError::Read { path: rel.to_string(), cause: io }
-            }
-            other => CopyError::Repo(RepoError::codec(key, other)),
-        }
-    }
-}
-
-fn entry(file: &SourceFile, s: &codec::EncodeSummary, object: String, offset: u64) -> FileEntry {
-    FileEntry {
-        path: file.rel.clone(),
-        size: s.trailer.plaintext_size,
-        mode: file.mode,
-        mtime: file.mtime,
-        sha256: hex::encode(s.trailer.sha256),
-        object,
-        offset,
-        stored_size: s.stored_size,
-        changed_blocks: None,
+        Ok(Some(entry))
     }
 }
 
@@ -300,7 +248,7 @@ struct SourceReader<'a> {
     served: usize,
     failures: &'a mut Vec<PageFailure>,
     progress: &'a Progress,
-    cancel: &'a AtomicBool,
+    cancel: &'a CancelToken,
     throttle: &'a Throttle,
 }
 
@@ -313,13 +261,13 @@ struct Throttle {
 }
 
 impl Throttle {
-    fn account(&self, n: u64, cancel: &AtomicBool) {
+    fn account(&self, n: u64, cancel: &CancelToken) {
         if self.max_rate == 0 {
             return;
         }
         let total = self.read.fetch_add(n, Ordering::Relaxed) + n;
         let due = Duration::from_secs_f64(total as f64 / self.max_rate as f64);
-        while self.started.elapsed() < due && !cancel.load(Ordering::Relaxed) {
+        while self.started.elapsed() < due && !cancel.is_cancelled() {
             std::thread::sleep((due - self.started.elapsed()).min(Duration::from_millis(50)));
         }
     }
@@ -329,7 +277,7 @@ impl SourceReader<'_> {
     /// Read the next bytes of the file into `dst` (as much as fits, less only at the end),
     /// verifying the pages they hold.
     fn read_verified(&mut self, dst: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cancel.is_cancelled() {
             // Not ErrorKind::Interrupted: readers retry that (it means EINTR).
             return Err(io::Error::other(CancelMarker));
         }
@@ -407,17 +355,21 @@ impl Read for SourceReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::ClusterIdentity;
     use crate::codec::Compression;
-    use crate::repo::Encryption;
-    use crate::storage::LocalStorage;
-    use crate::wal::SystemId;
+    use crate::pg::cluster::ClusterIdentity;
+    use crate::pg::wal::SystemId;
+    use crate::repo::{Encryption, Repository};
+    use crate::storage::unreliable::{Fault, Op, UnreliableStorage};
+    use crate::storage::{LocalStorage, Storage, StorageErrorKind};
 
-    fn repo(dir: &std::path::Path) -> Repository {
-        let storage = LocalStorage::new(dir.join("repo"));
+    fn repo_on(storage: Box<dyn Storage>) -> PgRepo {
         let cluster = ClusterIdentity { system_id: SystemId(1), pg_version: 15, wal_segment_size: 16 << 20 };
-        Repository::init(&storage, &cluster, Encryption::None).unwrap();
-        Repository::open_with(Box::new(storage), None, Compression::Zstd { level: 1 }).unwrap()
+        PgRepo::init(storage.as_ref(), &cluster, Encryption::None).unwrap();
+        PgRepo::from_repository(Repository::open_with(storage, None, Compression::Zstd { level: 1 }).unwrap()).unwrap()
+    }
+
+    fn repo(dir: &std::path::Path) -> PgRepo {
+        repo_on(Box::new(LocalStorage::new(dir.join("repo"))))
     }
 
     fn source(dir: &std::path::Path, name: &str, size: usize) -> SourceFile {
@@ -426,20 +378,28 @@ mod tests {
         SourceFile { rel: name.to_string(), abs, size: size as u64, mode: 0o600, mtime: 0, first_block: None }
     }
 
+    fn id() -> BackupId {
+        "backup_20240115_143000".parse().unwrap()
+    }
+
+    fn data_objects(repo: &PgRepo) -> usize {
+        let o = repo.objects();
+        o.storage().list_all(&o.ctx(), "backup/").unwrap().len()
+    }
+
     #[test]
     fn small_files_share_bundles_and_large_ones_get_objects() {
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path());
         let files = vec![source(dir.path(), "a", 100), source(dir.path(), "b", 5000), source(dir.path(), "big", 5 << 20)];
         let opts = CopyOptions { workers: 1, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
-        let id: BackupId = "backup_20240115_143000".parse().unwrap();
-        let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || true).unwrap();
+        let r = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || true).unwrap();
         assert_eq!(r.objects, 2, "one bundle for a+b, one object for big");
         let a = r.files.iter().find(|f| f.path == "a").unwrap();
         let b = r.files.iter().find(|f| f.path == "b").unwrap();
         assert_eq!(a.object, b.object);
         let mut out = Vec::new();
-        repo.decode_file(b, &mut out).unwrap();
+        repo.objects().decode_file(b, &mut out).unwrap();
         assert_eq!(out.len(), 5000);
     }
 
@@ -449,9 +409,25 @@ mod tests {
         let repo = repo(dir.path());
         let files = (0..4).map(|i| source(dir.path(), &format!("f{i}"), 8 << 20)).collect();
         let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
-        let id: BackupId = "backup_20240115_143000".parse().unwrap();
-        let r = copy_files(&repo, &id, files, &opts, &Progress::default(), &mut || false);
+        let r = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || false);
         assert!(matches!(r, Err(CopyError::Cancelled)), "{r:?}");
-        assert!(repo.storage().list("backup/").unwrap().len() < 4, "a cancelled copy went on to the end");
+        assert!(data_objects(&repo) < 4, "a cancelled copy went on to the end");
+    }
+
+    #[test]
+    fn a_failing_store_fails_the_copy_with_its_kind_and_stops_the_other_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let unreliable = UnreliableStorage::new(Box::new(LocalStorage::new(dir.path().join("repo"))));
+        // The third object's upload is refused.
+        unreliable.inject(Fault { after: 2, ..Fault::always(Op::Commit, "backup/", StorageErrorKind::Permission) });
+        let repo = repo_on(Box::new(unreliable));
+        let files = (0..8).map(|i| source(dir.path(), &format!("f{i}"), 5 << 20)).collect();
+        let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
+        let err = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || true).unwrap_err();
+        match &err {
+            CopyError::Repo(e) => assert_eq!(e.storage_error().map(|s| s.kind()), Some(StorageErrorKind::Permission), "{err:?}"),
+            other => panic!("expected the store's refusal, got {other:?}"),
+        }
+        assert!(data_objects(&repo) < 8, "the other worker went on after the failure");
     }
 }

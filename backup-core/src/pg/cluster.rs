@@ -4,13 +4,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::wal::{LongPageHeader, SystemId, WalFileName, LONG_PAGE_HEADER_LEN};
+use serde::{Deserialize, Serialize};
+
+use super::wal::{LongPageHeader, SystemId, WalFileName, LONG_PAGE_HEADER_LEN};
 
 /// `pg_control_version` of PostgreSQL 15 (`PG_CONTROL_VERSION` in `catalog/pg_control.h`).
 const PG15_CONTROL_VERSION: u32 = 1300;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Recorded in `repo.json` under these names: a repository belongs to one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterIdentity {
+    #[serde(rename = "system_identifier")]
     pub system_id: SystemId,
     pub pg_version: u32,
     pub wal_segment_size: u32,
@@ -66,8 +70,8 @@ fn segment_size_from_pg_wal(pgdata: &Path, system_id: SystemId) -> Result<u32, C
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot read {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
+    #[error("cannot read {path}")]
+    Read { path: String, #[source] cause: std::io::Error },
     #[error("{0} is not a PostgreSQL data directory")]
     NotADataDirectory(String),
     #[error("PostgreSQL {0} is not supported; this version supports PostgreSQL 15")]

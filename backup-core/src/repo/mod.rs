@@ -1,18 +1,22 @@
-//! A repository: the one place backups and WAL of one cluster live, and the truth about them.
+//! A repository: encoded objects in a store, under a record of what the repository is.
 //!
-//! `repo.json` at its root records whose repository it is (system identifier, major version, WAL
-//! segment size) and whether its objects are encrypted. It is written once, create-if-absent, by
-//! `init`; everything that writes afterwards checks it first, so a misconfigured server can never
-//! mix its WAL into another cluster's archive.
+//! This layer knows objects and files, not PostgreSQL: every object goes through the codec
+//! (checksum → compress → encrypt), [`files`] packs sets of files into bundles and reads them
+//! back. What lives in it (WAL, base backups, later file sets and Redis snapshots) is decided
+//! above, in [`crate::pg`] and its siblings.
+//!
+//! `repo.json` at its root records the format, whether objects are encrypted, and who owns the
+//! repository (for PostgreSQL: the cluster's identity, checked by [`crate::pg::PgRepo`]). It is
+//! written once, create-if-absent, by `init`.
+
+pub mod files;
 
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, Compression, DecodeSummary, EncodeParams, EncodeSummary, Trailer, TRAILER_LEN};
-use crate::cluster::ClusterIdentity;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, RepoConfig};
 use crate::keys::{KeyError, KeyRing};
-use crate::storage::{LocalStorage, PutMode, PutOutcome, Storage, StorageError};
-use crate::wal::SystemId;
+use crate::storage::{self, ByteRange, CancelToken, Ctx, PutMode, PutOutcome, Storage, StorageError, StorageErrorKind};
 
 pub const REPO_FORMAT: u32 = 1;
 const INFO_KEY: &str = "repo.json";
@@ -34,14 +38,15 @@ impl std::fmt::Display for Encryption {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `repo.json`: the repository's own fields, and its owner's (kept as written, read by the
+/// layer that knows what they mean).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RepoInfo {
     pub format: u32,
-    pub system_identifier: SystemId,
-    pub pg_version: u32,
-    pub wal_segment_size: u32,
     pub encryption: Encryption,
     pub created: chrono::DateTime<chrono::Utc>,
+    #[serde(flatten)]
+    pub owner: serde_json::Map<String, serde_json::Value>,
 }
 
 pub struct Repository {
@@ -50,20 +55,17 @@ pub struct Repository {
     keys: Option<KeyRing>,
     compression: Compression,
     codec_threads: usize,
+    cancel: CancelToken,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum InitOutcome {
     Created,
-    AlreadyInitialized,
+    /// `repo.json` was there already; its contents.
+    AlreadyInitialized(RepoInfo),
 }
 
 impl Repository {
-    /// Storage named by the configuration (local directories for now).
-    pub fn storage_for(config: &Config) -> Result<Box<dyn Storage>, RepoError> {
-        Ok(Box::new(LocalStorage::new(config.repo_path()?)))
-    }
-
     /// Key ring named by the configuration, or `None` when encryption is off.
     pub fn keys_for(config: &Config) -> Result<Option<KeyRing>, RepoError> {
         if !config.encryption {
@@ -74,37 +76,23 @@ impl Repository {
         Ok(Some(KeyRing::load(path, passphrase.as_deref())?))
     }
 
-    /// Create the repository for `cluster`. Running it again for the same cluster is harmless;
-    /// for another cluster it is an error.
-    pub fn init(storage: &dyn Storage, cluster: &ClusterIdentity, encryption: Encryption) -> Result<InitOutcome, RepoError> {
-        let info = RepoInfo {
-            format: REPO_FORMAT,
-            system_identifier: cluster.system_id,
-            pg_version: cluster.pg_version,
-            wal_segment_size: cluster.wal_segment_size,
-            encryption,
-            created: chrono::Utc::now(),
-        };
+    /// Write `repo.json` if absent. Running it again is harmless; the caller compares owners.
+    pub fn init(
+        storage: &dyn Storage,
+        encryption: Encryption,
+        owner: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<InitOutcome, RepoError> {
+        let info = RepoInfo { format: REPO_FORMAT, encryption, created: chrono::Utc::now(), owner };
         let body = serde_json::to_vec_pretty(&info).expect("serializable");
-        match storage.put(INFO_KEY, &body, PutMode::IfAbsent)? {
+        match storage.put(&Ctx::background(), INFO_KEY, &body, PutMode::IfAbsent)? {
             PutOutcome::Created => Ok(InitOutcome::Created),
-            PutOutcome::AlreadyExists => {
-                let existing = read_info(storage)?;
-                if existing.system_identifier != cluster.system_id {
-                    return Err(RepoError::OtherCluster {
-                        location: storage.location(),
-                        repo: existing.system_identifier,
-                        cluster: cluster.system_id,
-                    });
-                }
-                Ok(InitOutcome::AlreadyInitialized)
-            }
+            PutOutcome::AlreadyExists => Ok(InitOutcome::AlreadyInitialized(read_info(storage)?)),
         }
     }
 
-    /// Open an initialized repository with the configuration's keys and codec settings.
-    pub fn open(config: &Config) -> Result<Repository, RepoError> {
-        let storage = Self::storage_for(config)?;
+    /// Open repository `repo` of the configuration with its keys and codec settings.
+    pub fn open(config: &Config, repo: &RepoConfig) -> Result<Repository, RepoError> {
+        let storage = storage::open(&repo.location)?;
         let keys = Self::keys_for(config)?;
         Self::open_with(storage, keys, config.compression())
     }
@@ -119,7 +107,7 @@ impl Repository {
             (Encryption::None, true) => return Err(RepoError::EncryptionMismatch { location: storage.location(), repo: info.encryption }),
             _ => {}
         }
-        Ok(Repository { storage, info, keys, compression, codec_threads: 1 })
+        Ok(Repository { storage, info, keys, compression, codec_threads: 1, cancel: CancelToken::new() })
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -132,6 +120,17 @@ impl Repository {
 
     pub fn keys(&self) -> Option<&KeyRing> {
         self.keys.as_ref()
+    }
+
+    /// Tripping `token` fails every storage call of this repository from then on, including
+    /// uploads and downloads under way on other threads.
+    pub fn set_cancel(&mut self, token: CancelToken) {
+        self.cancel = token;
+    }
+
+    /// The context of this repository's storage calls.
+    pub fn ctx(&self) -> Ctx {
+        Ctx::background().with_cancel(&self.cancel)
     }
 
     pub(crate) fn encode_params(&self) -> EncodeParams<'_> {
@@ -152,7 +151,7 @@ impl Repository {
     /// Stream `input` into a new object `key`. With [`PutMode::IfAbsent`] an existing object is
     /// left alone and `Ok(None)` returned.
     pub fn put_object(&self, key: &str, input: &mut dyn std::io::Read, mode: PutMode) -> Result<Option<EncodeSummary>, RepoError> {
-        let mut writer = self.storage.writer(key, mode)?;
+        let mut writer = self.storage.writer(&self.ctx(), key, mode)?;
         let summary = codec::encode(input, &mut writer, key, self.encode_params()).map_err(|e| RepoError::codec(key, e))?;
         match writer.commit()? {
             PutOutcome::Created => Ok(Some(summary)),
@@ -162,51 +161,43 @@ impl Repository {
 
     /// Decode object `key` into `output`, authenticated and digest-checked.
     pub fn get_object(&self, key: &str, output: &mut dyn std::io::Write) -> Result<DecodeSummary, RepoError> {
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, self.storage.get(key)?);
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, self.storage.get(&self.ctx(), key)?);
         codec::decode(&mut reader, output, key, self.keys.as_ref()).map_err(|e| RepoError::codec(key, e))
     }
 
-    /// Size and SHA-256 of an object's plaintext, from its trailer: no key, no full download.
+    /// Size and SHA-256 of an object's plaintext, from its trailer: no key, no full download,
+    /// one request.
     pub fn object_trailer(&self, key: &str) -> Result<Trailer, RepoError> {
-        let meta = self.storage.head(key)?.ok_or_else(|| StorageError::NotFound { key: key.to_string() })?;
-        if meta.size < TRAILER_LEN {
+        let tail = self.storage.get_range_bytes(&self.ctx(), key, ByteRange::Suffix(TRAILER_LEN))?;
+        if (tail.len() as u64) < TRAILER_LEN {
             return Err(RepoError::codec(key, CodecError::Truncated));
         }
-        let tail = self.storage.get_range(key, meta.size - TRAILER_LEN..meta.size)?;
         Trailer::parse(&tail).map_err(|e| RepoError::codec(key, e))
     }
 }
 
 fn read_info(storage: &dyn Storage) -> Result<RepoInfo, RepoError> {
-    let bytes = storage.get_bytes(INFO_KEY).map_err(|e| match e {
-        StorageError::NotFound { .. } => RepoError::NotInitialized { location: storage.location() },
-        other => RepoError::Storage(other),
+    let bytes = storage.get_bytes(&Ctx::background(), INFO_KEY).map_err(|e| match e.kind() {
+        StorageErrorKind::NotFound => RepoError::NotInitialized { location: storage.location() },
+        _ => RepoError::Storage(e),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| RepoError::BadInfo { location: storage.location(), reason: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| RepoError::BadInfo { location: storage.location(), cause: e })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error("no repository at {location} (no repo.json); create it with: wal-archiver init --pgdata DATADIR")]
     NotInitialized { location: String },
-    #[error("repository {location}: repo.json is unreadable ({reason})")]
-    BadInfo { location: String, reason: String },
+    #[error("repository {location}: repo.json is unreadable")]
+    BadInfo { location: String, #[source] cause: serde_json::Error },
     #[error("repository {location} has format {format}, newer than this program; upgrade it")]
     NewerFormat { location: String, format: u32 },
-    #[error("repository {location} belongs to database system {repo}, not to this cluster ({cluster}); point this cluster at its own repository")]
-    OtherCluster { location: String, repo: SystemId, cluster: SystemId },
     #[error("repository {location} was created with encryption '{repo}', which the configuration's encryption setting contradicts; fix the configuration (encryption / key_file)")]
     EncryptionMismatch { location: String, repo: Encryption },
     #[error("encryption is on but no key file is configured: create one with 'wal-archiver keygen --output FILE' and set key_file (or set encryption = false explicitly)")]
     NoKeyFile,
-    #[error("backup {id} does not exist in repository {location}; list backups with 'wal-archiver list' or SELECT * FROM backup.list()")]
-    UnknownBackup { id: String, location: String },
-    #[error("backup {0} already has a manifest; refusing to overwrite it")]
-    BackupExists(String),
-    #[error("{0}")]
-    NoBackupForTarget(String),
-    #[error("object {object}: {cause}")]
-    Codec { object: String, cause: CodecError },
+    #[error("object {object}")]
+    Codec { object: String, #[source] cause: CodecError },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -218,5 +209,22 @@ pub enum RepoError {
 impl RepoError {
     pub fn codec(object: &str, cause: CodecError) -> RepoError {
         RepoError::Codec { object: object.to_string(), cause }
+    }
+
+    /// The storage error this failed with, also when it surfaced through a streamed body.
+    pub fn storage_error(&self) -> Option<&StorageError> {
+        match self {
+            RepoError::Storage(e) => Some(e),
+            RepoError::Codec { cause: CodecError::Io(io), .. } => io.get_ref().and_then(|e| e.downcast_ref::<StorageError>()),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.storage_error().is_some_and(StorageError::is_not_found)
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.storage_error().is_some_and(|e| e.kind() == StorageErrorKind::Cancelled)
     }
 }

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::config::{refuse_repo_inside_pgdata, Config};
-use crate::repo::{RepoError, Repository};
-use crate::storage::{ObjectMeta, PutMode, StorageError};
-use crate::wal::{xlog_page_magic, LongPageHeader, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
+use super::wal::{xlog_page_magic, LongPageHeader, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
+use super::{PgRepo, PgRepoError};
+use crate::repo::RepoError;
+use crate::storage::{ObjectMeta, PutMode};
 
 #[derive(Debug)]
 pub enum PushOutcome {
@@ -27,8 +27,8 @@ pub enum PushOutcome {
 pub enum PushError {
     #[error("{path}: file name is not a WAL file name; archive_command must pass %p")]
     NotWal { path: String },
-    #[error("cannot read {path}: {cause}")]
-    Read { path: String, cause: std::io::Error },
+    #[error("cannot read {path}")]
+    Read { path: String, #[source] cause: std::io::Error },
     #[error("WAL file {name} belongs to database system {found}, but repository {location} is for system identifier {expected}: this server must archive into its own repository (check archive_command and the configuration)")]
     ForeignSystem { name: String, found: SystemId, expected: SystemId, location: String },
     #[error("WAL file {name}: {reason}")]
@@ -36,26 +36,27 @@ pub enum PushError {
     #[error("WAL file {name} is already archived with different content (archived sha256 {archived}, this file {local}); refusing to overwrite. Is another server archiving into {location}? Investigate before touching the archive")]
     Conflict { name: String, archived: String, local: String, location: String },
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(#[from] PgRepoError),
 }
 
-impl Repository {
-    /// The repository as `archive_command` and `archive_library` use it: they run in the data
-    /// directory, so a repository inside it is refused; and they handle one segment at a time,
-    /// so its compression is spread over the cores.
-    pub fn open_for_archiving(config: &Config) -> Result<Repository, RepoError> {
-        if let Ok(cwd) = std::env::current_dir() {
-            if cwd.join("PG_VERSION").is_file() {
-                refuse_repo_inside_pgdata(config.repo_path()?, &cwd)?;
-            }
-        }
-        let mut repo = Repository::open(config)?;
-        repo.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
-        Ok(repo)
+impl From<RepoError> for PushError {
+    fn from(e: RepoError) -> Self {
+        PushError::Repo(e.into())
+    }
+}
+
+/// The WAL archive of a repository: `wal/<timeline+log>/<segment>`, `wal/history/…`.
+pub struct WalArchive<'r> {
+    repo: &'r PgRepo,
+}
+
+impl<'r> WalArchive<'r> {
+    pub(super) fn new(repo: &'r PgRepo) -> WalArchive<'r> {
+        WalArchive { repo }
     }
 
     /// `archive_command`: store the WAL file at `path` durably, once.
-    pub fn push_wal(&self, path: &Path) -> Result<PushOutcome, PushError> {
+    pub fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
         let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
@@ -64,11 +65,12 @@ impl Repository {
             self.check_segment(&name, &mut file, path)?;
         }
         let key = name.object_key();
-        if self.storage().exists(&key).map_err(RepoError::from)? {
+        let objects = self.repo.objects();
+        if objects.storage().exists(&objects.ctx(), &key).map_err(RepoError::from)? {
             return self.compare_with_archived(&name, path);
         }
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        match self.put_object(&key, &mut reader, PutMode::IfAbsent)? {
+        match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
             Some(s) => Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size }),
             // Someone stored it between our check and our write: judge their copy like any other.
             None => self.compare_with_archived(&name, path),
@@ -80,23 +82,24 @@ impl Repository {
         let mut head = [0u8; LONG_PAGE_HEADER_LEN];
         file.read_exact(&mut head).map_err(|e| bad(format!("cannot read its first page: {e}")))?;
         let header = LongPageHeader::parse(&head).map_err(|e| bad(e.to_string()))?;
-        if header.system_id != self.info.system_identifier {
+        let cluster = self.repo.cluster();
+        if header.system_id != cluster.system_id {
             return Err(PushError::ForeignSystem {
                 name: name.to_string(),
                 found: header.system_id,
-                expected: self.info.system_identifier,
-                location: self.location(),
+                expected: cluster.system_id,
+                location: self.repo.location(),
             });
         }
-        if Some(header.magic) != xlog_page_magic(self.info.pg_version) {
-            return Err(bad(format!("page magic {:#06X} is not PostgreSQL {}'s WAL", header.magic, self.info.pg_version)));
+        if Some(header.magic) != xlog_page_magic(cluster.pg_version) {
+            return Err(bad(format!("page magic {:#06X} is not PostgreSQL {}'s WAL", header.magic, cluster.pg_version)));
         }
-        if header.segment_size != self.info.wal_segment_size {
-            return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, self.info.wal_segment_size)));
+        if header.segment_size != cluster.wal_segment_size {
+            return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, cluster.wal_segment_size)));
         }
         let len = file.metadata().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?.len();
-        if len != u64::from(self.info.wal_segment_size) {
-            return Err(bad(format!("file is {len} bytes, a segment is {}", self.info.wal_segment_size)));
+        if len != u64::from(cluster.wal_segment_size) {
+            return Err(bad(format!("file is {len} bytes, a segment is {}", cluster.wal_segment_size)));
         }
         use std::io::Seek;
         file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
@@ -104,7 +107,7 @@ impl Repository {
     }
 
     fn compare_with_archived(&self, name: &WalFileName, path: &Path) -> Result<PushOutcome, PushError> {
-        let archived = self.object_trailer(&name.object_key())?;
+        let archived = self.repo.objects().object_trailer(&name.object_key())?;
         let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         if local == archived.sha256 && size == archived.plaintext_size {
@@ -112,9 +115,9 @@ impl Repository {
         } else {
             Err(PushError::Conflict {
                 name: name.to_string(),
-                archived: hex::encode(archived.sha256),
-                local: hex::encode(local),
-                location: self.location(),
+                archived: archived.sha256.to_string(),
+                local: local.to_string(),
+                location: self.repo.location(),
             })
         }
     }
@@ -122,11 +125,12 @@ impl Repository {
     /// `restore_command`: write WAL file `name` to `dest`, atomically: the bytes go to a
     /// temporary file beside `dest`, which is renamed onto it only once authenticated and
     /// digest-checked. `Err(FetchError::NotFound)` when the archive does not have it.
-    pub fn fetch_wal(&self, name: &WalFileName, dest: &Path) -> Result<(), FetchError> {
+    pub fn fetch(&self, name: &WalFileName, dest: &Path) -> Result<(), FetchError> {
         let key = name.object_key();
-        let reader = match self.storage().get(&key) {
+        let objects = self.repo.objects();
+        let reader = match objects.storage().get(&objects.ctx(), &key) {
             Ok(r) => r,
-            Err(StorageError::NotFound { .. }) => return Err(FetchError::NotFound(name.to_string())),
+            Err(e) if e.is_not_found() => return Err(FetchError::NotFound(name.to_string())),
             Err(e) => return Err(FetchError::Failed(e.into())),
         };
         let dest_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "wal".into());
@@ -135,26 +139,31 @@ impl Repository {
             let file = File::create(&temp).map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e })?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let mut input = BufReader::with_capacity(1 << 20, reader);
-            crate::codec::decode(&mut input, &mut out, &key, self.keys())
-                .map_err(|e| FetchError::Failed(RepoError::codec(&key, e)))?;
+            crate::codec::decode(&mut input, &mut out, &key, objects.keys())
+                .map_err(|e| FetchError::Failed(PgRepoError::codec(&key, e)))?;
             out.into_inner().map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e.into_error() })?;
             std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), cause: e })
         })();
         if result.is_err() {
+            // Best effort: the temporary name is ours alone and the next fetch truncates it.
             let _ = std::fs::remove_file(&temp);
         }
         result
     }
 
     /// Every file in the WAL archive, in name order.
-    pub fn list_wal(&self) -> Result<Vec<ArchivedWal>, RepoError> {
-        let objects = self.storage().list("wal/")?;
-        Ok(objects.into_iter().filter_map(ArchivedWal::from_meta).collect())
+    pub fn list(&self) -> Result<Vec<ArchivedWal>, RepoError> {
+        let objects = self.repo.objects();
+        let mut out = Vec::new();
+        for meta in objects.storage().list(&objects.ctx(), "wal/")? {
+            out.extend(ArchivedWal::from_meta(meta?));
+        }
+        Ok(out)
     }
 
     /// Decode an archived file to nowhere: authentication and digest only.
-    pub fn verify_wal(&self, wal: &ArchivedWal) -> Result<(), RepoError> {
-        self.get_object(&wal.object, &mut std::io::sink()).map(|_| ())
+    pub fn verify(&self, wal: &ArchivedWal) -> Result<(), RepoError> {
+        self.repo.objects().get_object(&wal.object, &mut std::io::sink()).map(|_| ())
     }
 }
 
@@ -162,10 +171,16 @@ impl Repository {
 pub enum FetchError {
     #[error("WAL file {0} is not in the archive")]
     NotFound(String),
-    #[error("cannot write {path}: {cause}")]
-    Write { path: String, cause: std::io::Error },
+    #[error("cannot write {path}")]
+    Write { path: String, #[source] cause: std::io::Error },
     #[error(transparent)]
-    Failed(#[from] RepoError),
+    Failed(#[from] PgRepoError),
+}
+
+impl From<RepoError> for FetchError {
+    fn from(e: RepoError) -> Self {
+        FetchError::Failed(e.into())
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -241,6 +256,78 @@ pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32) -> Vec<Time
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Compression;
+    use crate::pg::cluster::ClusterIdentity;
+    use crate::repo::{Encryption, Repository};
+    use crate::storage::unreliable::{Fault, Op, UnreliableStorage};
+    use crate::storage::{LocalStorage, StorageErrorKind};
+    use std::sync::Arc;
+
+    const SEG: u32 = 16 << 20;
+
+    /// A WAL segment of system 42 with a long page header, as PostgreSQL writes one.
+    fn segment(dir: &Path, name: &str, fill: u8) -> std::path::PathBuf {
+        let mut bytes = vec![fill; SEG as usize];
+        bytes[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
+        bytes[2..4].copy_from_slice(&0x0002u16.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&1u32.to_ne_bytes());
+        bytes[24..32].copy_from_slice(&42u64.to_ne_bytes());
+        bytes[32..36].copy_from_slice(&SEG.to_ne_bytes());
+        bytes[36..40].copy_from_slice(&8192u32.to_ne_bytes());
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A repository over a store whose faults the test controls.
+    fn unreliable_repo(dir: &Path) -> (PgRepo, Arc<UnreliableStorage>) {
+        let store = Arc::new(UnreliableStorage::new(Box::new(LocalStorage::new(dir.join("repo")))));
+        let cluster = ClusterIdentity { system_id: SystemId(42), pg_version: 15, wal_segment_size: SEG };
+        PgRepo::init(store.as_ref(), &cluster, Encryption::None).unwrap();
+        let objects = Repository::open_with(Box::new(store.clone()), None, Compression::Zstd { level: 1 }).unwrap();
+        (PgRepo::from_repository(objects).unwrap(), store)
+    }
+
+    #[test]
+    fn a_failed_upload_leaves_nothing_and_the_retry_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, store) = unreliable_repo(dir.path());
+        let path = segment(dir.path(), "000000010000000000000003", 7);
+        store.inject(Fault::times(Op::Commit, "wal/", StorageErrorKind::Transient, 1));
+        let err = repo.wal().push(&path).unwrap_err();
+        assert!(matches!(&err, PushError::Repo(e) if !e.is_not_found()), "{err:?}");
+        assert!(repo.wal().list().unwrap().is_empty(), "a failed push left an object");
+        assert!(matches!(repo.wal().push(&path).unwrap(), PushOutcome::Archived { .. }));
+        assert!(matches!(repo.wal().push(&path).unwrap(), PushOutcome::AlreadyArchived));
+        let elsewhere = dir.path().join("other-server");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let conflicting = segment(&elsewhere, "000000010000000000000003", 8);
+        assert!(matches!(repo.wal().push(&conflicting), Err(PushError::Conflict { .. })), "different content under an archived name");
+    }
+
+    /// restore_command's contract: "not archived" only when the archive says so; a store that
+    /// fails is a failure (retried, then recovery aborts), never a missing file.
+    #[test]
+    fn fetch_tells_not_archived_from_a_failing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, store) = unreliable_repo(dir.path());
+        let path = segment(dir.path(), "000000010000000000000004", 9);
+        repo.wal().push(&path).unwrap();
+        let dest = dir.path().join("restored");
+        let missing = WalFileName::parse("000000010000000000000005").unwrap();
+        assert!(matches!(repo.wal().fetch(&missing, &dest), Err(FetchError::NotFound(_))));
+        let name = WalFileName::parse("000000010000000000000004").unwrap();
+        for kind in [StorageErrorKind::Transient, StorageErrorKind::Permission, StorageErrorKind::Timeout] {
+            store.inject(Fault::times(Op::Read, "wal/", kind, 1));
+            match repo.wal().fetch(&name, &dest) {
+                Err(FetchError::Failed(e)) => assert!(!e.is_not_found(), "{kind:?}: {e:?}"),
+                other => panic!("{kind:?}: expected a failure, got {other:?}"),
+            }
+            assert!(!dest.exists(), "{kind:?}: a failed fetch left a file at %p");
+        }
+        repo.wal().fetch(&name, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&path).unwrap());
+    }
 
     fn wal(name: &str) -> ArchivedWal {
         let name = WalFileName::parse(name).unwrap();

@@ -31,18 +31,7 @@ impl FromStr for Lsn {
     }
 }
 
-impl Serialize for Lsn {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Lsn {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_string!(Lsn);
 
 /// A timeline id (1 for a cluster that never promoted a standby or ran PITR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -65,18 +54,14 @@ impl fmt::Display for SystemId {
     }
 }
 
-impl Serialize for SystemId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+impl FromStr for SystemId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(SystemId)
     }
 }
 
-impl<'de> Deserialize<'de> for SystemId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map(SystemId).map_err(serde::de::Error::custom)
-    }
-}
+crate::serde_as_string!(SystemId);
 
 /// Position of a segment in the WAL stream: `log` and `seg` are the 2nd and 3rd hex groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +184,15 @@ impl fmt::Display for WalFileName {
         }
     }
 }
+
+impl FromStr for WalFileName {
+    type Err = WalError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WalFileName::parse(s)
+    }
+}
+
+crate::serde_as_string!(WalFileName);
 
 /// `XLOG_PAGE_MAGIC` per PostgreSQL major version: WAL of another major version is unreadable.
 pub fn xlog_page_magic(pg_major: u32) -> Option<u16> {

@@ -1,0 +1,233 @@
+//! The backups a repository holds, read from their manifests: list, find the one for a
+//! recovery target, verify, delete. The SQL catalog mirrors this; this is the truth.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::manifest::{BackupId, Manifest};
+use crate::codec;
+use crate::error::report as report_chain;
+use crate::pg::wal::Lsn;
+use crate::pg::{PgRepo, PgRepoError};
+use crate::repo::Repository;
+use crate::storage::PutMode;
+
+/// A moment to recover to, as `recovery_target_*` understands them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// Replay all archived WAL.
+    Latest,
+    /// Stop as soon as the backup is consistent.
+    Immediate,
+    /// `text` is passed to PostgreSQL as given (it parses time zones its own way).
+    Time { text: String, at: DateTime<Utc> },
+    Lsn(Lsn),
+    Xid(u64),
+    Name(String),
+}
+
+impl std::fmt::Display for RecoveryTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecoveryTarget::Latest => f.write_str("the end of the archive"),
+            RecoveryTarget::Immediate => f.write_str("the moment the backup is consistent"),
+            RecoveryTarget::Time { text, .. } => write!(f, "time {text}"),
+            RecoveryTarget::Lsn(lsn) => write!(f, "LSN {lsn}"),
+            RecoveryTarget::Xid(xid) => write!(f, "transaction {xid}"),
+            RecoveryTarget::Name(name) => write!(f, "restore point {name:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub backup: String,
+    pub files_checked: u64,
+    pub objects_checked: u64,
+    pub wal_checked: u64,
+    pub problems: Vec<String>,
+}
+
+/// The backups a repository holds: `backup/<id>/manifest` and `backup/<id>/data/…`, plus the
+/// restore points recorded beside them.
+pub struct Backups<'r> {
+    repo: &'r PgRepo,
+}
+
+impl<'r> Backups<'r> {
+    pub(in crate::pg) fn new(repo: &'r PgRepo) -> Backups<'r> {
+        Backups { repo }
+    }
+
+    fn objects(&self) -> &'r Repository {
+        self.repo.objects()
+    }
+
+    fn unknown(&self, id: &BackupId) -> PgRepoError {
+        PgRepoError::UnknownBackup { id: id.to_string(), location: self.repo.location() }
+    }
+
+    pub fn read_manifest(&self, id: &BackupId) -> Result<Manifest, PgRepoError> {
+        let mut json = Vec::new();
+        match self.objects().get_object(&id.manifest_key(), &mut json) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Err(self.unknown(id)),
+            Err(e) => return Err(e.into()),
+        }
+        serde_json::from_slice(&json).map_err(|e| PgRepoError::codec(&id.manifest_key(), codec::CodecError::Corrupt(format!("manifest is not valid: {e}"))))
+    }
+
+    /// Completed backups (those with a manifest), oldest first.
+    pub fn list(&self) -> Result<Vec<Manifest>, PgRepoError> {
+        let (complete, _) = self.scan()?;
+        complete.iter().map(|id| self.read_manifest(id)).collect()
+    }
+
+    /// Backups that left data but never wrote a manifest (failed or killed runs).
+    pub fn list_incomplete(&self) -> Result<Vec<String>, PgRepoError> {
+        Ok(self.scan()?.1)
+    }
+
+    /// The backup directories, split into those with a manifest and those without. One
+    /// listing of `backup/` and one per backup, never a listing of their data objects.
+    fn scan(&self) -> Result<(Vec<BackupId>, Vec<String>), PgRepoError> {
+        let storage = self.objects().storage();
+        let ctx = self.objects().ctx();
+        let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
+        for prefix in storage.list_with_delimiter(&ctx, "backup/")?.prefixes {
+            let name = prefix.trim_start_matches("backup/").trim_end_matches('/');
+            let has_manifest = storage.list_with_delimiter(&ctx, &prefix)?.objects.iter().any(|o| o.key.ends_with("/manifest"));
+            match name.parse::<BackupId>() {
+                Ok(id) if has_manifest => complete.push(id),
+                _ => incomplete.push(name.to_string()),
+            }
+        }
+        complete.sort();
+        Ok((complete, incomplete))
+    }
+
+    /// The backup to restore from to reach `target`: the newest one that is consistent
+    /// before the target.
+    pub fn find(&self, target: &RecoveryTarget) -> Result<Manifest, PgRepoError> {
+        let backups = self.list()?;
+        let none = |why: String| PgRepoError::NoBackupForTarget(why);
+        if backups.is_empty() {
+            return Err(none(format!("repository {} holds no completed backup", self.repo.location())));
+        }
+        let pick = |ok: &dyn Fn(&Manifest) -> bool, what: String| {
+            backups.iter().rev().find(|m| ok(m)).cloned().ok_or_else(|| {
+                let first = &backups[0];
+                none(format!("no backup is consistent before {what}; the earliest, {}, ends at {} (LSN {})", first.id, first.stop_time.format("%Y-%m-%d %H:%M:%S UTC"), first.stop_lsn))
+            })
+        };
+        match target {
+            RecoveryTarget::Latest | RecoveryTarget::Immediate => Ok(backups.last().unwrap().clone()),
+            RecoveryTarget::Time { text, at } => pick(&|m| m.stop_time <= *at, format!("time {text}")),
+            RecoveryTarget::Lsn(lsn) => pick(&|m| m.stop_lsn <= *lsn, format!("LSN {lsn}")),
+            RecoveryTarget::Xid(xid) => pick(&|m| m.stop_next_xid.is_some_and(|n| n <= *xid), format!("transaction {xid}")),
+            RecoveryTarget::Name(name) => match self.restore_point(name)? {
+                Some(lsn) => pick(&|m| m.stop_lsn <= lsn, format!("restore point {name} (LSN {lsn})")),
+                // Not recorded through backup.create_restore_point(): assume the newest.
+                None => Ok(backups.last().unwrap().clone()),
+            },
+        }
+    }
+
+    /// Record a named restore point's LSN so that `--target-name` can pick the right backup.
+    pub fn record_restore_point(&self, name: &str, lsn: Lsn) -> Result<(), PgRepoError> {
+        let key = restore_point_key(name)?;
+        self.objects().put_object(&key, &mut lsn.to_string().as_bytes(), PutMode::Overwrite)?;
+        Ok(())
+    }
+
+    pub fn restore_point(&self, name: &str) -> Result<Option<Lsn>, PgRepoError> {
+        // A name no key can hold was never recorded.
+        let Ok(key) = restore_point_key(name) else { return Ok(None) };
+        let mut text = Vec::new();
+        match self.objects().get_object(&key, &mut text) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let text = String::from_utf8_lossy(&text);
+        text.parse().map(Some).map_err(|_| PgRepoError::codec(&key, codec::CodecError::Corrupt(format!("restore point holds {text:?}, not an LSN"))))
+    }
+
+    /// Re-read everything a restore of `id` would need: every file (authentication, SHA-256,
+    /// size), the objects against the manifest, and the WAL from start to stop segment.
+    pub fn verify(&self, id: &BackupId) -> Result<VerifyReport, PgRepoError> {
+        let manifest = self.read_manifest(id)?;
+        let objects = self.objects();
+        let mut report = VerifyReport { backup: id.to_string(), files_checked: 0, objects_checked: 0, wal_checked: 0, problems: Vec::new() };
+        let stored: std::collections::BTreeMap<String, u64> =
+            objects.storage().list_all(&objects.ctx(), &id.prefix())?.into_iter().map(|m| (m.key, m.size)).collect();
+        let referenced: BTreeSet<&str> = manifest.files.iter().map(|f| f.object.as_str()).collect();
+        for object in &referenced {
+            match stored.get(*object) {
+                None => report.problems.push(format!("object {object}: missing (listed in the manifest)")),
+                Some(size) => {
+                    report.objects_checked += 1;
+                    let end = manifest.files.iter().filter(|f| f.object == *object).map(|f| f.offset + f.stored_size).max().unwrap_or(0);
+                    if end != *size {
+                        report.problems.push(format!("object {object}: {size} bytes, the manifest accounts for {end}"));
+                    }
+                }
+            }
+        }
+        for file in &manifest.files {
+            if !stored.contains_key(&file.object) {
+                continue;
+            }
+            report.files_checked += 1;
+            if let Err(e) = objects.check_file(file) {
+                report.problems.push(format!("object {} (file {}): {}", file.object, file.path, report_chain(&e)));
+            }
+        }
+        for name in manifest.wal_range(self.repo.cluster().wal_segment_size) {
+            report.wal_checked += 1;
+            match objects.get_object(&name.object_key(), &mut std::io::sink()) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => report.problems.push(format!("WAL {name}: not in the archive; the backup cannot be made consistent")),
+                Err(e) => report.problems.push(format!("WAL {name}: {}", report_chain(&e))),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Remove a backup: the manifest first, so it stops being restorable before any data goes.
+    pub fn delete(&self, id: &BackupId) -> Result<u64, PgRepoError> {
+        let storage = self.objects().storage();
+        let ctx = self.objects().ctx();
+        let objects = storage.list_all(&ctx, &id.prefix())?;
+        // Uploads a killed worker left half-written (callers never delete a running backup).
+        let aborted = storage.abort_stale_uploads(&ctx, &id.prefix(), std::time::Duration::ZERO)?;
+        if objects.is_empty() && aborted == 0 {
+            return Err(self.unknown(id));
+        }
+        storage.delete(&ctx, &id.manifest_key())?;
+        for o in &objects {
+            storage.delete(&ctx, &o.key)?;
+        }
+        Ok(objects.len() as u64)
+    }
+
+    /// The manifest goes last and only once: it is what makes the backup exist.
+    pub fn write_manifest(&self, manifest: &Manifest) -> Result<(), PgRepoError> {
+        let json = serde_json::to_vec(manifest).expect("serializable");
+        let key = manifest.id.manifest_key();
+        match self.objects().put_object(&key, &mut &json[..], PutMode::IfAbsent)? {
+            Some(_) => Ok(()),
+            None => Err(PgRepoError::BackupExists(manifest.id.to_string())),
+        }
+    }
+}
+
+fn restore_point_key(name: &str) -> Result<String, PgRepoError> {
+    // Names are free text; the key uses their hex so any name is a valid key.
+    if name.is_empty() || name.len() > 64 {
+        return Err(PgRepoError::NoBackupForTarget(format!("restore point name {name:?} must be 1-64 bytes")));
+    }
+    Ok(format!("restore_point/{}", hex::encode(name)))
+}

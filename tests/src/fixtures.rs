@@ -1,0 +1,68 @@
+//! Fixtures and helpers shared by the test files: clusters wired to a fresh repository,
+//! the backup catalog as the extension shows it, and the repository's own backup list.
+
+use serde_json::Value;
+
+use crate::{Archiver, Cluster};
+
+/// A fresh repository (`init` on the cluster's data directory) and a started cluster
+/// archiving into it with `wal-archiver push`, with `extra` settings on top.
+pub fn archiving_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
+    let archiver = Archiver::new(label);
+    let cluster = Cluster::initdb(label);
+    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
+    cluster.enable_archiving(&archiver);
+    cluster.set(extra);
+    cluster.start();
+    (archiver, cluster)
+}
+
+/// Like [`archiving_cluster`], with `pg_backup_ext` preloaded and configured with the
+/// archiver's configuration file (`backup.config_file`), `extra` settings on top, and the
+/// extension created.
+pub fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
+    let archiver = Archiver::new(label);
+    let cluster = Cluster::initdb(label);
+    archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
+    cluster.enable_archiving(&archiver);
+    let config = archiver.config_path.to_string_lossy().into_owned();
+    let mut settings = vec![("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", config.as_str())];
+    settings.extend_from_slice(extra);
+    cluster.set(&settings);
+    cluster.start();
+    cluster.psql("CREATE EXTENSION pg_backup_ext");
+    (archiver, cluster)
+}
+
+/// The value of a one-row, one-column json/jsonb query.
+#[track_caller]
+pub fn sql_json(c: &Cluster, sql: &str) -> Value {
+    let text = c.psql(sql);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("`{sql}` did not return JSON ({e}): {text:?}"))
+}
+
+/// Status and error text (empty when none) of backup `id` in `backup.list()`, if it is listed.
+pub fn sql_status(c: &Cluster, id: &str) -> Option<(String, String)> {
+    let row = c.psql(&format!("SELECT status || '|' || coalesce(error, '') FROM backup.list() WHERE id = '{id}'"));
+    if row.is_empty() {
+        return None;
+    }
+    let (status, error) = row.split_once('|').unwrap();
+    Some((status.to_string(), error.to_string()))
+}
+
+/// `wal-archiver list --output json`: the `backups` array.
+#[track_caller]
+pub fn cli_list(archiver: &Archiver, step: &str) -> Vec<Value> {
+    let r = archiver.run(&["list", "--output", "json"]);
+    r.assert_ok(&format!("{step}: wal-archiver list"));
+    let v: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{step}: list printed invalid JSON ({e}):\n{r}"));
+    v["backups"].as_array().unwrap_or_else(|| panic!("{step}: list has no `backups` array:\n{r}")).clone()
+}
+
+/// The ids of [`cli_list`], in its order.
+#[track_caller]
+pub fn cli_list_ids(archiver: &Archiver, step: &str) -> Vec<String> {
+    cli_list(archiver, step).iter().map(|b| b["id"].as_str().unwrap_or("").to_string()).collect()
+}

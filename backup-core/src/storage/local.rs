@@ -70,9 +70,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A committed object or a directory, named as it sorts among keys.
+struct Entry {
+    /// The file name, or the directory name plus `/`.
+    name: String,
+    is_dir: bool,
+    meta: fs::Metadata,
+}
+
 /// Entries of `dir` that are committed objects or directories, sorted so that a depth-first
 /// walk yields keys in byte order: a directory sorts as its name plus `/`.
-fn sorted_entries(dir: &Path, key_prefix: &str) -> Result<Vec<(String, bool, fs::Metadata)>, StorageError> {
+fn sorted_entries(dir: &Path, key_prefix: &str) -> Result<Vec<Entry>, StorageError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -92,10 +100,10 @@ fn sorted_entries(dir: &Path, key_prefix: &str) -> Result<Vec<(String, bool, fs:
         };
         let is_dir = meta.is_dir();
         if is_dir || meta.is_file() {
-            out.push((if is_dir { format!("{name}/") } else { name }, is_dir, meta));
+            out.push(Entry { name: if is_dir { format!("{name}/") } else { name }, is_dir, meta });
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -105,7 +113,7 @@ struct Walk {
     root: PathBuf,
     prefix: String,
     /// Per level: the key prefix of the directory, and its remaining entries (reversed).
-    stack: Vec<(String, Vec<(String, bool, fs::Metadata)>)>,
+    stack: Vec<(String, Vec<Entry>)>,
 }
 
 impl Iterator for Walk {
@@ -114,7 +122,7 @@ impl Iterator for Walk {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let (dir_key, entries) = self.stack.last_mut()?;
-            let Some((name, is_dir, meta)) = entries.pop() else {
+            let Some(Entry { name, is_dir, meta }) = entries.pop() else {
                 self.stack.pop();
                 continue;
             };
@@ -227,7 +235,7 @@ impl Storage for LocalStorage {
         ctx.check("listing", prefix)?;
         let (dir, dir_key, name_start) = self.prefix_dir(prefix)?;
         let mut listing = Listing::default();
-        for (name, is_dir, meta) in sorted_entries(&dir, dir_key)? {
+        for Entry { name, is_dir, meta } in sorted_entries(&dir, dir_key)? {
             if !name.starts_with(name_start) {
                 continue;
             }

@@ -811,6 +811,8 @@ pub fn run_measuring_rss(program: &Path, args: &[&str], timeout: Duration) -> Ru
 #[derive(Debug, Clone)]
 pub struct ArchiverConfig {
     pub repo_path: PathBuf,
+    /// Name the repository in a `[[repos]]` table with this name instead of `repo_path`.
+    pub repos_table: Option<String>,
     pub key_file: Option<PathBuf>,
     pub encryption: bool,
     pub compression_level: i32,
@@ -823,7 +825,10 @@ impl ArchiverConfig {
         fn s(p: &Path) -> String {
             format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
         }
-        let mut t = format!("repo_path = {}\n", s(&self.repo_path));
+        let mut t = String::new();
+        if self.repos_table.is_none() {
+            t.push_str(&format!("repo_path = {}\n", s(&self.repo_path)));
+        }
         if let Some(k) = &self.key_file {
             t.push_str(&format!("key_file = {}\n", s(k)));
         }
@@ -831,6 +836,10 @@ impl ArchiverConfig {
             "encryption = {}\ncompression_level = {}\nfetch_retries = {}\nfetch_retry_delay_ms = {}\n",
             self.encryption, self.compression_level, self.fetch_retries, self.fetch_retry_delay_ms
         ));
+        // Tables last: TOML puts every key after a table header into that table.
+        if let Some(name) = &self.repos_table {
+            t.push_str(&format!("\n[[repos]]\nname = \"{name}\"\ntype = \"local\"\npath = {}\n", s(&self.repo_path)));
+        }
         t
     }
 }
@@ -854,6 +863,7 @@ impl Archiver {
         keygen(&key_file, None).assert_ok("keygen for a new archiver");
         let config = ArchiverConfig {
             repo_path: dir.join("repo"),
+            repos_table: None,
             key_file: Some(key_file),
             encryption: true,
             compression_level: 3,
@@ -869,6 +879,13 @@ impl Archiver {
         let key_file = dir.join("keys.json");
         keygen(&key_file, None).assert_ok("keygen for a second key");
         let config = ArchiverConfig { key_file: Some(key_file), ..self.config.clone() };
+        Archiver::with_config(dir, config)
+    }
+
+    /// The same repository, key and settings, the repository named in a `[[repos]]` table.
+    pub fn with_repos_table(&self, label: &str, name: &str) -> Archiver {
+        let dir = TestDir::new(&format!("{label}-archiver"));
+        let config = ArchiverConfig { repos_table: Some(name.to_string()), ..self.config.clone() };
         Archiver::with_config(dir, config)
     }
 

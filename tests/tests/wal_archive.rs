@@ -384,6 +384,36 @@ fn check_verb() {
 }
 
 /// (k) The extension loads through shared_preload_libraries and answers.
+/// A repository named in a `[[repos]]` table works as `repo_path` does: init, archive_command,
+/// info and fetch go to it; a table naming a storage type that does not exist is refused by name.
+#[test]
+fn repository_named_in_a_repos_table() {
+    let plain = Archiver::new("repos-table");
+    let archiver = plain.with_repos_table("repos-table-named", "primary");
+    let c = Cluster::initdb("repos-table");
+    archiver.init(&c.pgdata).assert_ok("init through [[repos]]");
+    assert_eq!(archiver.info()["repository"], archiver.repo().display().to_string(), "info names another repository");
+    c.enable_archiving(&archiver);
+    c.start();
+    c.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g");
+    let seg = c.switch_wal();
+    c.wait_archived(&seg, ARCHIVE_WAIT);
+    assert!(archiver.storage().exists(&wal_object_key(&seg)), "{seg} is not in the [[repos]] repository");
+    let (via_table, via_path) = (archiver.dir().join("via-table"), plain.dir().join("via-path"));
+    archiver.fetch(&seg, &via_table).assert_ok("fetch through [[repos]]");
+    plain.fetch(&seg, &via_path).assert_ok("fetch through repo_path");
+    let fetched = fs::read(&via_table).unwrap();
+    assert_eq!(fetched.len(), WAL_SEGMENT_SIZE);
+    assert!(fetched == fs::read(&via_path).unwrap(), "the two configurations read different bytes");
+
+    let unknown = archiver.dir().write("s3.toml", "[[repos]]\nname = \"offsite\"\ntype = \"s3\"\npath = \"/x\"\n");
+    let mut cmd = postgres_command(archiver_bin());
+    cmd.arg("--config").arg(&unknown).arg("info");
+    let r = run(cmd, COMMAND_TIMEOUT);
+    assert_eq!(r.code, 1, "an unknown storage type: {r}");
+    assert!(r.stderr.contains("\"s3\"") && r.stderr.contains("offsite") && r.stderr.contains("local"), "the refusal must name the type, the repository and what is supported: {r}");
+}
+
 #[test]
 fn extension_loads() {
     let pg_config = |what: &str| {

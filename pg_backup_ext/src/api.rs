@@ -81,7 +81,7 @@ fn start_full(wait: default!(bool, false)) -> String {
 fn get(id: &str) -> JsonB {
     let bid = parse_id(id);
     let row = sql(catalog::row_json(&bid));
-    let status = sql(catalog::status(&bid)).map(|(s, _)| s);
+    let status = row.as_ref().map(BackupStatus::from_row);
     let manifest = match status {
         None | Some(BackupStatus::Completed) => match open_repo().backups().read_manifest(&bid) {
             Ok(m) => Some(m),

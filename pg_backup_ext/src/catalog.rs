@@ -32,8 +32,13 @@ impl BackupStatus {
         }
     }
 
-    fn parse(s: &str) -> Option<BackupStatus> {
-        BackupStatus::ALL.into_iter().find(|v| v.as_str() == s)
+    fn parse(s: &str) -> BackupStatus {
+        BackupStatus::ALL.into_iter().find(|v| v.as_str() == s).unwrap_or_else(|| panic!("backup.backups.status {s:?} violates its CHECK constraint"))
+    }
+
+    /// The status of a row as [`row_json`] returns it.
+    pub fn from_row(row: &serde_json::Value) -> BackupStatus {
+        BackupStatus::parse(row["status"].as_str().unwrap_or_default())
     }
 }
 
@@ -86,7 +91,7 @@ pub fn status(id: &BackupId) -> CatalogResult<Option<(BackupStatus, Option<Strin
         "SELECT b.status, b.error FROM (SELECT 1) AS one LEFT JOIN backup.backups b ON b.id = $1",
         &[id.as_str().into()],
     )?;
-    Ok(status.map(|s| (BackupStatus::parse(&s).unwrap_or_else(|| panic!("backup.backups.status {s:?} violates its CHECK constraint")), error)))
+    Ok(status.map(|s| (BackupStatus::parse(&s), error)))
 }
 
 /// The catalog row as JSON.

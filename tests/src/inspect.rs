@@ -60,15 +60,6 @@ impl RepoInspector {
         RepoInspector { location, storage }
     }
 
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
-
-    /// The storage itself, for what the helpers below do not cover.
-    pub fn storage(&self) -> &dyn Storage {
-        self.storage.as_ref()
-    }
-
     /// A context for one call: a hung store fails the test instead of hanging it.
     pub fn ctx(&self) -> Ctx {
         Ctx::background().with_timeout(COMMAND_TIMEOUT)
@@ -83,12 +74,6 @@ impl RepoInspector {
     #[track_caller]
     pub fn exists(&self, key: &str) -> bool {
         self.check("exists", key, self.storage.exists(&self.ctx(), key))
-    }
-
-    /// Size and time of object `key`, `None` when it does not exist.
-    #[track_caller]
-    pub fn head(&self, key: &str) -> Option<ObjectMeta> {
-        self.check("head", key, self.storage.head(&self.ctx(), key))
     }
 
     /// Every object whose key starts with `prefix` (`""`: the whole repository), in key order.
@@ -144,12 +129,6 @@ impl RepoInspector {
         bytes[mid] ^= mask;
         self.write(key, &bytes);
         mid
-    }
-
-    /// Remove object `key` (removing a missing object succeeds).
-    #[track_caller]
-    pub fn delete(&self, key: &str) {
-        self.check("delete", key, self.storage.delete(&self.ctx(), key))
     }
 }
 

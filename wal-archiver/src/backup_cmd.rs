@@ -177,7 +177,8 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
 
 pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
     let repo = PgRepo::open(config)?;
-    let backups = repo.backups().list()?;
+    let inventory = repo.backups().inventory()?;
+    let backups = inventory.completed;
     if output == Output::Json {
         let rows: Vec<_> = backups.iter().map(summary_json).collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "backups": rows }))?);
@@ -195,9 +196,8 @@ pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
             human_bytes(m.stats.stored_bytes)
         );
     }
-    let incomplete = repo.backups().list_incomplete()?;
-    if !incomplete.is_empty() {
-        println!("incomplete (no manifest, not restorable): {}", incomplete.join(", "));
+    if !inventory.incomplete.is_empty() {
+        println!("incomplete (no manifest, not restorable): {}", inventory.incomplete.join(", "));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -135,8 +135,4 @@ impl PgRepoError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, PgRepoError::Repo(e) if e.is_not_found())
     }
-
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self, PgRepoError::Repo(e) if e.is_cancelled())
-    }
 }

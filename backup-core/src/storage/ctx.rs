@@ -58,15 +58,6 @@ impl Ctx {
         self
     }
 
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// Time left before the deadline (`None`: no deadline).
-    pub fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
     pub fn is_cancelled(&self) -> bool {
         self.cancel.iter().any(CancelToken::is_cancelled)
     }

@@ -1,10 +1,10 @@
 //! What can go wrong talking to a store, as kinds a caller can act on.
 //!
 //! Callers decide by [`StorageErrorKind`], never by message text: a WAL fetch turns
-//! [`NotFound`](StorageErrorKind::NotFound) into "not archived" and everything else into an
-//! aborted recovery; retry loops retry [`Transient`](StorageErrorKind::Transient) and
-//! [`Timeout`](StorageErrorKind::Timeout) only. The backend's own error is kept as the
-//! `source`, so a report shows the whole chain.
+//! [`NotFound`](StorageErrorKind::NotFound) into "not archived" and everything else into a
+//! retried, then aborted, recovery; a copy tells [`Cancelled`](StorageErrorKind::Cancelled)
+//! from a failure. The backend's own error is kept as the `source`, so a report shows the
+//! whole chain.
 
 use std::fmt;
 
@@ -93,17 +93,8 @@ impl StorageError {
         self.kind
     }
 
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
     pub fn is_not_found(&self) -> bool {
         self.kind == StorageErrorKind::NotFound
-    }
-
-    /// Worth trying again after a pause.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, StorageErrorKind::Transient | StorageErrorKind::Timeout)
     }
 }
 
@@ -130,7 +121,5 @@ mod tests {
         assert_eq!(e.kind(), StorageErrorKind::Permission);
         assert_eq!(e.to_string(), "reading wal/x: permission denied");
         assert!(e.source().is_some_and(|s| s.is::<std::io::Error>()));
-        assert!(!e.is_retryable());
-        assert!(StorageError::new(StorageErrorKind::Transient, "put", "k").is_retryable());
     }
 }

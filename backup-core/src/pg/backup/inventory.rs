@@ -50,6 +50,14 @@ pub struct VerifyReport {
     pub problems: Vec<String>,
 }
 
+/// What [`Backups::inventory`] found.
+pub struct Inventory {
+    /// Restorable backups, oldest first.
+    pub completed: Vec<Manifest>,
+    /// Backups that left data but never wrote a manifest (failed or killed runs).
+    pub incomplete: Vec<String>,
+}
+
 /// The backups a repository holds: `backup/<id>/manifest` and `backup/<id>/data/…`, plus the
 /// restore points recorded beside them.
 pub struct Backups<'r> {
@@ -81,31 +89,25 @@ impl<'r> Backups<'r> {
 
     /// Completed backups (those with a manifest), oldest first.
     pub fn list(&self) -> Result<Vec<Manifest>, PgRepoError> {
-        let (complete, _) = self.scan()?;
-        complete.iter().map(|id| self.read_manifest(id)).collect()
+        Ok(self.inventory()?.completed)
     }
 
-    /// Backups that left data but never wrote a manifest (failed or killed runs).
-    pub fn list_incomplete(&self) -> Result<Vec<String>, PgRepoError> {
-        Ok(self.scan()?.1)
-    }
-
-    /// The backup directories, split into those with a manifest and those without. One
-    /// listing of `backup/` and one per backup, never a listing of their data objects.
-    fn scan(&self) -> Result<(Vec<BackupId>, Vec<String>), PgRepoError> {
+    /// Completed backups and the leftovers of failed ones, from one listing of `backup/` and
+    /// one manifest check per backup: never a listing of their data objects.
+    pub fn inventory(&self) -> Result<Inventory, PgRepoError> {
         let storage = self.objects().storage();
         let ctx = self.objects().ctx();
         let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
         for prefix in storage.list_with_delimiter(&ctx, "backup/")?.prefixes {
             let name = prefix.trim_start_matches("backup/").trim_end_matches('/');
-            let has_manifest = storage.list_with_delimiter(&ctx, &prefix)?.objects.iter().any(|o| o.key.ends_with("/manifest"));
             match name.parse::<BackupId>() {
-                Ok(id) if has_manifest => complete.push(id),
+                Ok(id) if storage.exists(&ctx, &id.manifest_key())? => complete.push(id),
                 _ => incomplete.push(name.to_string()),
             }
         }
         complete.sort();
-        Ok((complete, incomplete))
+        let completed = complete.iter().map(|id| self.read_manifest(id)).collect::<Result<_, _>>()?;
+        Ok(Inventory { completed, incomplete })
     }
 
     /// The backup to restore from to reach `target`: the newest one that is consistent

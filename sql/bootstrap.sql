@@ -19,6 +19,11 @@ CREATE TABLE backup.backups (
     duration       interval,
     error          text,
     page_checksum_failures int NOT NULL DEFAULT 0,
+    -- incremental backups: the backup this one builds on, how far from its full backup, and
+    -- how many relation blocks it stored
+    parent         text,
+    chain_depth    int NOT NULL DEFAULT 0,
+    changed_blocks bigint,
     -- live progress of a running backup
     worker_pid     int,
     phase          text,
@@ -58,7 +63,8 @@ $$;
 CREATE FUNCTION backup.list()
 RETURNS TABLE (id text, type text, status text, start_lsn pg_lsn, stop_lsn pg_lsn, timeline int,
                start_time timestamptz, stop_time timestamptz, size_bytes bigint, stored_bytes bigint,
-               file_count bigint, duration interval, error text)
+               file_count bigint, duration interval, error text, parent text, chain_depth int,
+               changed_blocks bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT pg_is_in_recovery() THEN
@@ -66,7 +72,8 @@ BEGIN
     END IF;
     RETURN QUERY
         SELECT b.id, b.type, b.status, b.start_lsn, b.stop_lsn, b.timeline, b.start_time, b.stop_time,
-               b.size_bytes, b.stored_bytes, b.file_count, b.duration, b.error
+               b.size_bytes, b.stored_bytes, b.file_count, b.duration, b.error, b.parent, b.chain_depth,
+               b.changed_blocks
           FROM backup.backups b ORDER BY b.id;
 END
 $$;

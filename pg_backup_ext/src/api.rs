@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use backup_core::error::report;
 use backup_core::pg::backup::inventory::RecoveryTarget;
-use backup_core::pg::backup::{BackupId, Manifest};
+use backup_core::pg::backup::incremental::ChainError;
+use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use backup_core::pg::{PgRepo, PgRepoError};
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -35,6 +36,23 @@ fn sql<T>(r: catalog::CatalogResult<T>) -> T {
 /// `wait => true` once it is done, raising an error if it failed.
 #[pg_extern(volatile)]
 fn start_full(wait: default!(bool, false)) -> String {
+    start(BackupKind::Full, wait)
+}
+
+/// Start an incremental backup on top of the newest completed backup of the server's timeline:
+/// only the pages changed since that one are stored. Same worker, progress and waiting as
+/// `start_full`.
+#[pg_extern(volatile)]
+fn start_incremental(wait: default!(bool, false)) -> String {
+    // Said here, at once, rather than by a worker a moment later.
+    let completed = open_repo().backups().list().unwrap_or_else(|e| error!("{}", report(&e)));
+    if completed.is_empty() {
+        error!("{}", report(&ChainError::NoBackup));
+    }
+    start(BackupKind::Incremental, wait)
+}
+
+fn start(kind: BackupKind, wait: bool) -> String {
     sql(catalog::reap_stale());
     if let Some(running) = sql(catalog::running_backup()) {
         error!("backup {running} is already running; follow it in backup.progress, or wait for it to finish");
@@ -46,7 +64,7 @@ fn start_full(wait: default!(bool, false)) -> String {
         crate::postgres::check_for_interrupts();
         id = BackupId::at(chrono::Utc::now());
     }
-    let handle = backup_worker::launch(&id).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
+    let handle = backup_worker::launch(&id, kind).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
     if handle.wait_for_startup().is_err() {
         error!("pg_backup_ext: the backup worker for {id} did not start; see the server log");
     }
@@ -99,7 +117,8 @@ fn get(id: &str) -> JsonB {
 
 fn manifest_json(m: &Manifest) -> serde_json::Value {
     json!({
-        "type": m.kind, "parent": m.parent, "system_identifier": m.system_identifier, "pg_version": m.pg_version,
+        "type": m.kind, "parent": m.parent, "chain_depth": m.chain_depth,
+        "changed_blocks": m.parent.as_ref().map(|_| m.stats.changed_blocks), "bytes_read": m.stats.bytes_read, "system_identifier": m.system_identifier, "pg_version": m.pg_version,
         "timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
         "start_wal": m.start_wal, "stop_wal": m.stop_wal, "start_time": m.start_time, "stop_time": m.stop_time,
         "stop_next_xid": m.stop_next_xid, "tablespaces": m.tablespaces, "files": m.stats.files, "objects": m.stats.objects,
@@ -131,16 +150,21 @@ fn find_at(at: &str) -> String {
     open_repo().backups().find(&target).unwrap_or_else(|e| error!("{}", report(&e))).id.to_string()
 }
 
-/// Remove a backup from the repository and the catalog.
+/// Remove a backup from the repository and the catalog. A backup incremental backups build on
+/// is refused, naming them, unless `cascade => true` (then they go too).
 #[pg_extern(volatile)]
-fn delete(id: &str) {
+fn delete(id: &str, cascade: default!(bool, false)) {
     let bid = parse_id(id);
     let status = sql(catalog::status(&bid)).map(|(s, _)| s);
     if status == Some(BackupStatus::Running) {
         error!("backup {id} is running; it cannot be deleted until it ends");
     }
-    match open_repo().backups().delete(&bid) {
-        Ok(_) => {}
+    match open_repo().backups().delete(&bid, cascade) {
+        Ok(deleted) => {
+            for d in deleted.iter().filter(|d| **d != bid) {
+                sql(catalog::remove(d));
+            }
+        }
         // Only the catalog knew it (a failed backup that stored nothing): forget the row.
         Err(PgRepoError::UnknownBackup { .. }) if status.is_some() => {}
         Err(e) => error!("{}", report(&e)),

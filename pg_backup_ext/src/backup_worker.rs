@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use backup_core::error::report;
 use backup_core::pg::backup::copy::Progress;
-use backup_core::pg::backup::run::{run_full_backup, BackupError, BackupOptions, Phase};
+use backup_core::pg::backup::run::{run_backup, BackupError, BackupOptions, Phase};
 use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use backup_core::pg::PgRepo;
 use backup_core::storage::CancelToken;
@@ -27,8 +27,8 @@ use crate::postgres::spi::SpiSession;
 pub const WORKER_TYPE: &str = "pg_backup_ext backup";
 
 /// Launch a worker for backup `id`, connected to the caller's database (where the catalog is).
-pub fn launch(id: &BackupId) -> Result<DynamicBackgroundWorker, bgworker::LaunchError> {
-    let extra = format!("{id} {}", crate::postgres::database_oid());
+pub fn launch(id: &BackupId, kind: BackupKind) -> Result<DynamicBackgroundWorker, bgworker::LaunchError> {
+    let extra = format!("{id} {} {kind}", crate::postgres::database_oid());
     bgworker::launch(WORKER_TYPE, "pg_backup_ext_worker_main", &extra)
 }
 
@@ -38,7 +38,15 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
     let worker = Worker::attach();
     let extra = worker.extra();
     let mut parts = extra.split(' ');
-    let (Some(id), Some(dboid)) = (parts.next(), parts.next().and_then(|d| d.parse::<u32>().ok())) else {
+    let (Some(id), Some(dboid), Some(kind)) = (
+        parts.next(),
+        parts.next().and_then(|d| d.parse::<u32>().ok()),
+        match parts.next() {
+            Some("full") => Some(BackupKind::Full),
+            Some("incremental") => Some(BackupKind::Incremental),
+            _ => None,
+        },
+    ) else {
         log!("pg_backup_ext: worker started with bad arguments {extra:?}");
         return;
     };
@@ -48,7 +56,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
         return;
     };
 
-    match transaction(|| Ok(catalog::claim(&id, BackupKind::Full)?)) {
+    match transaction(|| Ok(catalog::claim(&id, kind)?)) {
         Ok(Ok(())) => {}
         Ok(Err(refused)) => {
             log!("pg_backup_ext: {id}: {refused}");
@@ -59,7 +67,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     }
-    match take_backup(&worker, &id) {
+    match take_backup(&worker, &id, kind) {
         Ok(m) => record_completed(&id, &m),
         Err(e) => {
             log!("pg_backup_ext: backup {id} failed: {e}");
@@ -73,8 +81,12 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
 fn record_completed(id: &BackupId, m: &Manifest) {
     let recorded = transaction(|| {
         catalog::upsert_completed(m)?;
+        let on_top = match &m.parent {
+            Some(p) => format!(", incremental on {p}: {} changed blocks, {} bytes read", m.stats.changed_blocks, m.stats.bytes_read),
+            None => String::new(),
+        };
         let summary = format!(
-            "completed: {} files, {} bytes -> {} stored, LSN {} .. {}",
+            "completed: {} files, {} bytes -> {} stored, LSN {} .. {}{on_top}",
             m.stats.files, m.stats.bytes, m.stats.stored_bytes, m.start_lsn, m.stop_lsn
         );
         catalog::event(id, EventLevel::Info, &summary)?;
@@ -92,7 +104,7 @@ fn record_completed(id: &BackupId, m: &Manifest) {
     }
 }
 
-fn take_backup(worker: &Worker, id: &BackupId) -> Result<Manifest, String> {
+fn take_backup(worker: &Worker, id: &BackupId, kind: BackupKind) -> Result<Manifest, String> {
     // GUCs and the data directory are read here, on the main thread, before any copying thread
     // exists; the threads get plain Rust values.
     let config = gucs::load_config().map_err(|e| report(&e))?;
@@ -131,7 +143,7 @@ fn take_backup(worker: &Worker, id: &BackupId) -> Result<Manifest, String> {
         }
         true
     };
-    let result = run_full_backup(&repo, &pgdata, &mut SpiSession, id, &opts, &progress, &mut tick);
+    let result = run_backup(&repo, &pgdata, &mut SpiSession, id, kind, &opts, &progress, &mut tick);
     if liveness == Liveness::PostmasterDied {
         // No catalog update is possible or useful: the next backup.list() marks the row failed.
         log!("pg_backup_ext: backup {id} abandoned: the postmaster died");

@@ -166,10 +166,13 @@ pub fn event(id: &BackupId, level: EventLevel, message: &str) -> CatalogResult<(
 pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
     Spi::run_with_args(
         "INSERT INTO backup.backups (id, type, status, start_lsn, stop_lsn, timeline, start_time, stop_time, size_bytes,
-                                     stored_bytes, file_count, duration, page_checksum_failures)
+                                     stored_bytes, file_count, duration, page_checksum_failures, parent, chain_depth,
+                                     changed_blocks)
          VALUES ($1, $2, $13, $3::pg_lsn, $4::pg_lsn, $5, $6::timestamptz, $7::timestamptz, $8, $9, $10,
-                 ($11 || ' milliseconds')::interval, $12)
+                 ($11 || ' milliseconds')::interval, $12, $14, $15, $16)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = NULL, phase = NULL, start_lsn = excluded.start_lsn,
+             type = excluded.type, parent = excluded.parent, chain_depth = excluded.chain_depth,
+             changed_blocks = excluded.changed_blocks,
              stop_lsn = excluded.stop_lsn, timeline = excluded.timeline, start_time = excluded.start_time,
              stop_time = excluded.stop_time, size_bytes = excluded.size_bytes, stored_bytes = excluded.stored_bytes,
              file_count = excluded.file_count, duration = excluded.duration,
@@ -189,6 +192,9 @@ pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
             m.stats.duration_ms.to_string().into(),
             (m.page_checksum_failures.len() as i32).into(),
             BackupStatus::Completed.as_str().into(),
+            m.parent.as_ref().map(|p| p.to_string()).into(),
+            (m.chain_depth as i32).into(),
+            m.parent.as_ref().map(|_| m.stats.changed_blocks as i64).into(),
         ],
     )
 }

@@ -485,6 +485,7 @@ fn require_sql_api(c: &Cluster) {
     // (signature, what pg_get_function_result must say, or contain for list())
     let functions: &[(&str, &[&str])] = &[
         ("backup.start_full(boolean)", &["text"]),
+        ("backup.start_incremental(boolean)", &["text"]),
         (
             "backup.list()",
             &[
@@ -501,12 +502,15 @@ fn require_sql_api(c: &Cluster) {
                 "file_count bigint",
                 "duration interval",
                 "error text",
+                "parent text",
+                "chain_depth integer",
+                "changed_blocks bigint",
             ],
         ),
         ("backup.get(text)", &["jsonb"]),
         ("backup.verify(text)", &["jsonb"]),
         ("backup.find(timestamptz)", &["text"]),
-        ("backup.delete(text)", &["void"]),
+        ("backup.delete(text,boolean)", &["void"]),
         ("backup.resync()", &["integer"]),
         ("backup.create_restore_point(text)", &["pg_lsn"]),
     ];

@@ -11,9 +11,9 @@ use backup_core::config::Config;
 use backup_core::pg::backup::copy::Progress;
 use backup_core::pg::backup::inventory::RecoveryTarget;
 use backup_core::pg::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
-use backup_core::pg::backup::run::{run_full_backup, BackupOptions};
+use backup_core::pg::backup::run::{run_backup, BackupOptions};
 use backup_core::pg::backup::session::{ServerError, SqlSession};
-use backup_core::pg::backup::{BackupId, Manifest};
+use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use backup_core::pg::PgRepo;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
@@ -31,19 +31,28 @@ impl SqlSession for ClientSession {
     }
 }
 
-pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize) -> Result<ExitCode> {
+pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind) -> Result<ExitCode> {
     let mut repo = PgRepo::open(config)?;
     // Large files compress on several threads, so the last big file does not run alone.
     repo.objects_mut().set_codec_threads(workers);
     let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
     let mut session = ClientSession(client);
-    let id = BackupId::at(Utc::now());
+    // Ids have one-second resolution: never reuse one.
+    let mut id = BackupId::at(Utc::now());
+    while repo.backups().id_taken(&id)? {
+        std::thread::sleep(Duration::from_millis(200));
+        id = BackupId::at(Utc::now());
+    }
     let progress = Progress::default();
     let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300) };
-    let manifest = run_full_backup(&repo, pgdata, &mut session, &id, &opts, &progress, &mut |_| true)?;
+    let manifest = run_backup(&repo, pgdata, &mut session, &id, kind, &opts, &progress, &mut |_| true)?;
     report_page_failures(&manifest);
+    let on_top = match &manifest.parent {
+        Some(p) => format!(" (incremental on {p}: {} changed blocks)", manifest.stats.changed_blocks),
+        None => String::new(),
+    };
     println!(
-        "{}: {} files, {} -> {} stored, LSN {} .. {}",
+        "{}: {} files, {} -> {} stored, LSN {} .. {}{on_top}",
         manifest.id,
         manifest.stats.files,
         human_bytes(manifest.stats.bytes),
@@ -133,6 +142,8 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
         Some(id) => repo.backups().read_manifest(&id.parse()?)?,
         None => repo.backups().find(&target)?,
     };
+    let chain = repo.backups().chain(manifest)?;
+    let manifest = chain.target();
     let exe = std::env::current_exe().context("locating wal-archiver")?;
     let restore_command = match config_path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf())) {
         Some(c) => format!("{} --config {} fetch %f %p", exe.display(), c.display()),
@@ -159,8 +170,12 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
         target_timeline: req.target_timeline.map(str::to_string),
     };
     let progress = RestoreProgress::default();
-    eprintln!("wal-archiver: restoring {} ({} files, {}) into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
-    restore_backup(&repo, &manifest, pgdata, &opts, &progress)?;
+    let through = match chain.manifests().len() {
+        1 => String::new(),
+        n => format!(" through a chain of {n} backups ({})", chain.ids().iter().map(|i| i.as_str()).collect::<Vec<_>>().join(" + ")),
+    };
+    eprintln!("wal-archiver: restoring {} ({} files, {}){through} into {}", manifest.id, manifest.stats.files, human_bytes(manifest.stats.bytes), pgdata.display());
+    restore_backup(&repo, &chain, pgdata, &opts, &progress)?;
     let then = match opts.target {
         RecoveryTarget::Latest => String::new(),
         _ => format!(", then {}", opts.action.as_str()),
@@ -184,16 +199,17 @@ pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "backups": rows }))?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<24} {:<5} {:<20} {:<20} {:>10} {:>10}", "id", "type", "started (UTC)", "LSN range", "size", "stored");
+    println!("{:<24} {:<11} {:<20} {:<20} {:>10} {:>10}  parent", "id", "type", "started (UTC)", "LSN range", "size", "stored");
     for m in &backups {
         println!(
-            "{:<24} {:<5} {:<20} {:<20} {:>10} {:>10}",
+            "{:<24} {:<11} {:<20} {:<20} {:>10} {:>10}  {}",
             m.id.as_str(),
             m.kind.to_string(),
             m.start_time.format("%Y-%m-%d %H:%M:%S").to_string(),
             format!("{}..{}", m.start_lsn, m.stop_lsn),
             human_bytes(m.stats.bytes),
-            human_bytes(m.stats.stored_bytes)
+            human_bytes(m.stats.stored_bytes),
+            m.parent.as_ref().map_or("-", |p| p.as_str())
         );
     }
     if !inventory.incomplete.is_empty() {
@@ -204,12 +220,21 @@ pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
 
 pub fn summary_json(m: &Manifest) -> serde_json::Value {
     serde_json::json!({
-        "id": m.id, "type": m.kind, "timeline": m.timeline,
+        "id": m.id, "type": m.kind, "parent": m.parent, "chain_depth": m.chain_depth,
+        "changed_blocks": m.parent.as_ref().map(|_| m.stats.changed_blocks), "bytes_read": m.stats.bytes_read, "timeline": m.timeline,
         "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal, "stop_wal": m.stop_wal,
         "start_time": m.start_time, "stop_time": m.stop_time, "stop_next_xid": m.stop_next_xid,
         "files": m.stats.files, "bytes": m.stats.bytes, "stored_bytes": m.stats.stored_bytes,
         "duration_ms": m.stats.duration_ms, "page_checksum_failures": m.page_checksum_failures.len(),
     })
+}
+
+pub fn delete(config: &Config, id: &str, cascade: bool) -> Result<ExitCode> {
+    let repo = PgRepo::open(config)?;
+    for gone in repo.backups().delete(&id.parse()?, cascade)? {
+        println!("deleted {gone}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn verify(config: &Config, id: &str, output: Output) -> Result<ExitCode> {

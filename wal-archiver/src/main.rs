@@ -15,6 +15,7 @@ use backup_core::error::report;
 use backup_core::keys::{default_key_id, KeyId, KeyRing, MasterKey};
 use backup_core::pg::archive::{self, FetchError, PushOutcome};
 use backup_core::pg::backup::restore::TargetAction;
+use backup_core::pg::backup::BackupKind;
 use backup_core::pg::cluster::ClusterIdentity;
 use backup_core::pg::wal::WalFileName;
 use backup_core::pg::PgRepo;
@@ -80,7 +81,8 @@ enum Verb {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Take a full base backup of a running cluster (the extension's backup.start_full() does the same from SQL)
+    /// Take a base backup of a running cluster (the extension's backup.start_full() and
+    /// backup.start_incremental() do the same from SQL)
     Backup {
         #[arg(long, value_name = "DATADIR")]
         pgdata: PathBuf,
@@ -89,6 +91,9 @@ enum Verb {
         dbname: String,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Store only the pages changed since the newest backup of the server's timeline
+        #[arg(long)]
+        incremental: bool,
     },
     /// Restore a backup into an empty data directory, set up to recover to a target
     Restore {
@@ -139,6 +144,13 @@ enum Verb {
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Delete a backup (refused when incremental backups build on it, unless --cascade)
+    Delete {
+        id: String,
+        /// Also delete the incremental backups that build on it
+        #[arg(long)]
+        cascade: bool,
+    },
     /// List archived WAL files
     WalList {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -182,8 +194,10 @@ fn main() -> ExitCode {
         }
         Verb::Info { output } => info(config_path, output),
         Verb::WalList { output, verify } => wal_list(config_path, output, verify),
-        Verb::Backup { pgdata, dbname, workers } => {
-            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers))
+        Verb::Delete { id, cascade } => load_config(config_path).and_then(|c| backup_cmd::delete(&c, &id, cascade)),
+        Verb::Backup { pgdata, dbname, workers, incremental } => {
+            let kind = if incremental { BackupKind::Incremental } else { BackupKind::Full };
+            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers, kind))
         }
         Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode, tablespace_map, target_timeline } => {
             let req = backup_cmd::RestoreRequest {

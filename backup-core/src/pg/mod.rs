@@ -118,6 +118,12 @@ pub enum PgRepoError {
     #[error("{0}")]
     NoBackupForTarget(String),
     #[error(transparent)]
+    Chain(#[from] backup::incremental::ChainError),
+    #[error("backup {id} is the base of {dependants}; delete those first, or all of them together (cascade)")]
+    HasDependants { id: String, dependants: String },
+    #[error("backup {id} has manifest format {format}, newer than this program ({known}); upgrade wal-archiver / pg_backup_ext")]
+    NewerManifest { id: String, format: u32, known: u32 },
+    #[error(transparent)]
     Repo(#[from] RepoError),
 }
 

@@ -26,15 +26,72 @@ pub struct FileEntry {
     pub size: u64,
     pub mode: u32,
     pub mtime: i64,
-    /// SHA-256 of the file's bytes as stored.
+    /// SHA-256 of the whole file, as a restore writes it (for a delta entry too: it is what
+    /// the reconstructed file is checked against).
     pub sha256: Sha256Digest,
     /// Object holding the encoded file, and where in it (small files share bundles).
     pub object: String,
     pub offset: u64,
     pub stored_size: u64,
-    /// Incremental backups: the blocks stored here; others come from the parent backup.
+    /// Incremental backups: only these blocks are stored here; the rest of the file is the
+    /// same path's content in the parent backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub changed_blocks: Option<Vec<u32>>,
+    pub delta: Option<BlockDelta>,
+}
+
+/// Blocks are [`DELTA_BLOCK`] bytes: PostgreSQL's page size, the unit of change an incremental
+/// backup tracks.
+pub const DELTA_BLOCK: u64 = 8192;
+
+/// The part of a file an incremental backup stored: its stored stream is these blocks' bytes,
+/// in block order (the last one shorter when the file ends inside it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDelta {
+    pub blocks: BlockList,
+    /// SHA-256 of the stored stream (the blocks), which the object's trailer must match.
+    pub stored_sha256: Sha256Digest,
+}
+
+/// Block numbers as sorted, disjoint `[start, end)` ranges: a manifest lists a million
+/// changed pages of one table as a few thousand runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BlockList(Vec<(u32, u32)>);
+
+impl BlockList {
+    /// Add `block`, which must be greater than every block added before.
+    pub fn push(&mut self, block: u32) {
+        match self.0.last_mut() {
+            Some((_, end)) if *end == block => *end += 1,
+            Some((_, end)) => {
+                debug_assert!(*end < block, "blocks must be pushed in order");
+                self.0.push((block, block + 1));
+            }
+            None => self.0.push((block, block + 1)),
+        }
+    }
+
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|(s, e)| u64::from(e - s)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().flat_map(|&(s, e)| s..e)
+    }
+
+    pub fn contains(&self, block: u32) -> bool {
+        let i = self.0.partition_point(|&(_, end)| end <= block);
+        self.0.get(i).is_some_and(|&(start, _)| start <= block)
+    }
+
+    /// Sorted, disjoint and non-empty ranges: what a manifest read back must hold.
+    pub fn is_well_formed(&self) -> bool {
+        self.0.iter().all(|(s, e)| s < e) && self.0.windows(2).all(|w| w[0].1 < w[1].0)
+    }
 }
 
 /// What a file is, before it is stored.
@@ -131,6 +188,11 @@ impl<'r> FileWriter<'r> {
     }
 }
 
+/// Bytes a delta entry's stored stream holds: whole blocks, the last one cut at the file's end.
+pub fn stored_delta_size(delta: &BlockDelta, file_size: u64) -> u64 {
+    delta.blocks.iter().map(|b| (file_size.saturating_sub(u64::from(b) * DELTA_BLOCK)).min(DELTA_BLOCK)).sum()
+}
+
 /// Each file's frames are bound to its object and its path: a file served from the wrong
 /// place fails authentication.
 fn file_aad(object: &str, path: &str) -> String {
@@ -147,7 +209,7 @@ fn entry(file: &FileMeta, s: &EncodeSummary, object: String, offset: u64) -> Fil
         object,
         offset,
         stored_size: s.stored_size,
-        changed_blocks: None,
+        delta: None,
     }
 }
 
@@ -164,10 +226,15 @@ impl Repository {
             .map_err(|e| RepoError::codec(&file.object, e))
     }
 
-    /// Decode a stored file to nowhere and compare it with its entry.
+    /// Decode a stored file (or the blocks a delta entry stored) to nowhere and compare it
+    /// with its entry.
     pub fn check_file(&self, file: &FileEntry) -> Result<(), RepoError> {
+        let (sha256, size) = match &file.delta {
+            None => (file.sha256, file.size),
+            Some(d) => (d.stored_sha256, stored_delta_size(d, file.size)),
+        };
         let summary = self.decode_file(file, &mut std::io::sink())?;
-        if summary.trailer.sha256 != file.sha256 || summary.trailer.plaintext_size != file.size {
+        if summary.trailer.sha256 != sha256 || summary.trailer.plaintext_size != size {
             return Err(RepoError::codec(&file.object, codec::CodecError::Corrupt("content differs from the manifest".into())));
         }
         Ok(())

@@ -15,13 +15,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
+use super::incremental::Baseline;
 use super::manifest::{BackupId, FileEntry, PageFailure};
-use super::page::{check_page, PageCheck, BLCKSZ};
+use super::page::{check_page, PageCheck, PageHeader, BLCKSZ};
 use super::scan::SourceFile;
 use crate::codec::CodecError;
 use crate::pg::wal::Lsn;
 use crate::pg::PgRepo;
-use crate::repo::files::{FileMeta, FileWriter, ObjectNames};
+use crate::codec::Sha256Digest;
+use crate::repo::files::{BlockDelta, BlockList, FileMeta, FileWriter, ObjectNames};
 use crate::repo::RepoError;
 use crate::storage::CancelToken;
 
@@ -113,11 +117,15 @@ impl std::error::Error for SourceReadError {
 
 /// Copy `files` into `backup/<id>/data/`. `tick` runs on the calling thread about five times a
 /// second; returning `false` cancels the copy, including uploads under way.
+///
+/// With a `baseline` (an incremental backup), a main-fork relation file its parent also holds
+/// is read whole but stored as a delta: only the pages changed since the parent started.
 pub fn copy_files(
     repo: &PgRepo,
     id: &BackupId,
     mut files: Vec<SourceFile>,
     opts: &CopyOptions,
+    baseline: Option<&Baseline>,
     progress: &Progress,
     tick: &mut dyn FnMut() -> bool,
 ) -> Result<CopyResult, CopyError> {
@@ -136,7 +144,7 @@ pub fn copy_files(
     let group = crate::threads::WorkerGroup::default();
     let work = |_worker: usize| {
         let writer = FileWriter::new(repo.objects(), repo.objects().ctx().with_cancel(&cancel), &names);
-        let w = Worker { opts, progress, cancel: &cancel, throttle: &throttle, writer };
+        let w = Worker { opts, baseline, progress, cancel: &cancel, throttle: &throttle, writer };
         let outcome = w.run(&files, &next);
         let mut r = result.lock().unwrap();
         match outcome {
@@ -185,6 +193,7 @@ pub fn copy_files(
 
 struct Worker<'a> {
     opts: &'a CopyOptions,
+    baseline: Option<&'a Baseline>,
     progress: &'a Progress,
     cancel: &'a CancelToken,
     throttle: &'a Throttle,
@@ -216,8 +225,19 @@ impl Worker<'_> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(CopyError::Read { path: file.abs.display().to_string(), cause: e }),
         };
+        // A delta needs the parent's copy of the same file to lay its pages over.
+        let delta = match self.baseline {
+            Some(b) if file.paged => b.parent_size(&file.rel).map(|size| DeltaState {
+                since: b.since.0,
+                parent_blocks: size.div_ceil(BLCKSZ as u64),
+                hasher: Sha256::new(),
+                blocks: BlockList::default(),
+            }),
+            _ => None,
+        };
         let mut reader = SourceReader {
             file: handle,
+            delta,
             rel: &file.rel,
             first_block: if self.opts.verify_checksums { file.first_block } else { None },
             start_lsn: self.opts.start_lsn.0,
@@ -230,8 +250,15 @@ impl Worker<'_> {
             throttle: self.throttle,
         };
         let meta = FileMeta { path: &file.rel, size: file.size, mode: file.mode, mtime: file.mtime };
-        let (entry, summary) = self.writer.store(&meta, &mut reader).map_err(|e| CopyError::from_repo(e, &file.rel))?;
+        let (mut entry, summary) = self.writer.store(&meta, &mut reader).map_err(|e| CopyError::from_repo(e, &file.rel))?;
         self.progress.stored_bytes.fetch_add(summary.stored_size, Ordering::Relaxed);
+        if let Some(d) = reader.delta.take() {
+            // The entry describes the stored stream (the changed pages); the file itself is
+            // what was read, and its digest is what a restore through the chain must produce.
+            entry.delta = Some(BlockDelta { blocks: d.blocks, stored_sha256: entry.sha256 });
+            entry.sha256 = Sha256Digest(d.hasher.finalize().into());
+            entry.size = reader.pos;
+        }
         Ok(Some(entry))
     }
 }
@@ -240,6 +267,7 @@ impl Worker<'_> {
 /// re-reading a page once when it looks torn.
 struct SourceReader<'a> {
     file: File,
+    delta: Option<DeltaState>,
     rel: &'a str,
     first_block: Option<u32>,
     start_lsn: u64,
@@ -250,6 +278,45 @@ struct SourceReader<'a> {
     progress: &'a Progress,
     cancel: &'a CancelToken,
     throttle: &'a Throttle,
+}
+
+/// An incremental backup's view of one relation file: which pages to store.
+struct DeltaState {
+    /// The parent's start LSN: a page whose LSN is at or past it changed since the parent's
+    /// copy (pages the parent copied while they changed carry such an LSN too).
+    since: u64,
+    /// Blocks the parent's copy of the file had; those past it are new.
+    parent_blocks: u64,
+    /// Of the whole file as read: what the reconstructed file must hash to.
+    hasher: Sha256,
+    blocks: BlockList,
+}
+
+impl DeltaState {
+    /// Hash `data` (the file's bytes from `file_pos`, verified) and move the pages to store to
+    /// its front; returns how many bytes those are.
+    fn keep_changed(&mut self, data: &mut [u8], file_pos: u64) -> usize {
+        self.hasher.update(&*data);
+        let mut kept = 0;
+        for off in (0..data.len()).step_by(BLCKSZ) {
+            let end = (off + BLCKSZ).min(data.len());
+            let block = (file_pos + off as u64) / BLCKSZ as u64;
+            let page = &data[off..end];
+            // A page not yet initialised (all zeros) carries no LSN to judge by; a partial page
+            // (the file growing as we read) neither. Both are cheap to store, and wrong to skip:
+            // the parent may hold older content for that block (a truncated, re-extended file).
+            let changed = block >= self.parent_blocks
+                || page.len() < BLCKSZ
+                || PageHeader::parse(page).upper == 0
+                || PageHeader::parse(page).lsn >= self.since;
+            if changed {
+                self.blocks.push(block as u32);
+                data.copy_within(off..end, kept);
+                kept += end - off;
+            }
+        }
+        kept
+    }
 }
 
 /// Shared read budget of all workers: after each chunk, a worker sleeps until the total read
@@ -274,6 +341,23 @@ impl Throttle {
 }
 
 impl SourceReader<'_> {
+    /// The next bytes to store: the file's (a full copy), or only its changed pages (a delta).
+    fn next_chunk(&mut self, dst: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let from = self.pos;
+            let n = self.read_verified(dst)?;
+            let Some(delta) = &mut self.delta else { return Ok(n) };
+            if n == 0 {
+                return Ok(0);
+            }
+            // Zero bytes would read as the end of the file: go on until a page is kept.
+            let kept = delta.keep_changed(&mut dst[..n], from);
+            if kept > 0 {
+                return Ok(kept);
+            }
+        }
+    }
+
     /// Read the next bytes of the file into `dst` (as much as fits, less only at the end),
     /// verifying the pages they hold.
     fn read_verified(&mut self, dst: &mut [u8]) -> io::Result<usize> {
@@ -334,11 +418,11 @@ impl Read for SourceReader<'_> {
             // (the codec reads a megabyte at a time), saving a copy of every byte.
             if out.len() >= BLCKSZ && self.pos.is_multiple_of(BLCKSZ as u64) {
                 let whole = out.len() / BLCKSZ * BLCKSZ;
-                return self.read_verified(&mut out[..whole]);
+                return self.next_chunk(&mut out[..whole]);
             }
             let mut buf = std::mem::take(&mut self.buf);
             buf.resize(READ_CHUNK, 0);
-            let read = self.read_verified(&mut buf);
+            let read = self.next_chunk(&mut buf);
             buf.truncate(read.as_ref().map_or(0, |n| *n));
             (self.buf, self.served) = (buf, 0);
             if read? == 0 {
@@ -375,7 +459,7 @@ mod tests {
     fn source(dir: &std::path::Path, name: &str, size: usize) -> SourceFile {
         let abs = dir.join(name);
         std::fs::write(&abs, (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>()).unwrap();
-        SourceFile { rel: name.to_string(), abs, size: size as u64, mode: 0o600, mtime: 0, first_block: None }
+        SourceFile { rel: name.to_string(), abs, size: size as u64, mode: 0o600, mtime: 0, first_block: None, paged: false }
     }
 
     fn id() -> BackupId {
@@ -393,7 +477,7 @@ mod tests {
         let repo = repo(dir.path());
         let files = vec![source(dir.path(), "a", 100), source(dir.path(), "b", 5000), source(dir.path(), "big", 5 << 20)];
         let opts = CopyOptions { workers: 1, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
-        let r = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || true).unwrap();
+        let r = copy_files(&repo, &id(), files, &opts, None, &Progress::default(), &mut || true).unwrap();
         assert_eq!(r.objects, 2, "one bundle for a+b, one object for big");
         let a = r.files.iter().find(|f| f.path == "a").unwrap();
         let b = r.files.iter().find(|f| f.path == "b").unwrap();
@@ -409,7 +493,7 @@ mod tests {
         let repo = repo(dir.path());
         let files = (0..4).map(|i| source(dir.path(), &format!("f{i}"), 8 << 20)).collect();
         let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
-        let r = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || false);
+        let r = copy_files(&repo, &id(), files, &opts, None, &Progress::default(), &mut || false);
         assert!(matches!(r, Err(CopyError::Cancelled)), "{r:?}");
         assert!(data_objects(&repo) < 4, "a cancelled copy went on to the end");
     }
@@ -423,7 +507,7 @@ mod tests {
         let repo = repo_on(Box::new(unreliable));
         let files = (0..8).map(|i| source(dir.path(), &format!("f{i}"), 5 << 20)).collect();
         let opts = CopyOptions { workers: 2, start_lsn: Lsn(0), verify_checksums: false, max_rate: 0 };
-        let err = copy_files(&repo, &id(), files, &opts, &Progress::default(), &mut || true).unwrap_err();
+        let err = copy_files(&repo, &id(), files, &opts, None, &Progress::default(), &mut || true).unwrap_err();
         match &err {
             CopyError::Repo(e) => assert_eq!(e.storage_error().map(|s| s.kind()), Some(StorageErrorKind::Permission), "{err:?}"),
             other => panic!("expected the store's refusal, got {other:?}"),

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::manifest::{BackupId, Manifest};
+use super::incremental::{chain_ids, dependants, Chain, ChainError};
+use super::manifest::{BackupId, Manifest, MANIFEST_FORMAT};
 use crate::codec;
 use crate::error::report as report_chain;
 use crate::pg::wal::Lsn;
@@ -84,7 +85,19 @@ impl<'r> Backups<'r> {
             Err(e) if e.is_not_found() => return Err(self.unknown(id)),
             Err(e) => return Err(e.into()),
         }
-        serde_json::from_slice(&json).map_err(|e| PgRepoError::codec(&id.manifest_key(), codec::CodecError::Corrupt(format!("manifest is not valid: {e}"))))
+        let manifest: Manifest = serde_json::from_slice(&json)
+            .map_err(|e| PgRepoError::codec(&id.manifest_key(), codec::CodecError::Corrupt(format!("manifest is not valid: {e}"))))?;
+        if manifest.format > MANIFEST_FORMAT {
+            return Err(PgRepoError::NewerManifest { id: id.to_string(), format: manifest.format, known: MANIFEST_FORMAT });
+        }
+        Ok(manifest)
+    }
+
+    /// Whether anything (a manifest, or data of a failed run) is stored under `id`: a new
+    /// backup must take another id.
+    pub fn id_taken(&self, id: &BackupId) -> Result<bool, PgRepoError> {
+        let objects = self.objects();
+        Ok(objects.storage().list(&objects.ctx(), &id.prefix())?.next().is_some())
     }
 
     /// Completed backups (those with a manifest), oldest first.
@@ -113,7 +126,9 @@ impl<'r> Backups<'r> {
     /// The backup to restore from to reach `target`: the newest one that is consistent
     /// before the target.
     pub fn find(&self, target: &RecoveryTarget) -> Result<Manifest, PgRepoError> {
-        let backups = self.list()?;
+        let all = self.list()?;
+        // An incremental whose chain lost a member cannot be restored: never pick it.
+        let backups: Vec<Manifest> = all.iter().filter(|m| chain_ids(&all, m).is_ok()).cloned().collect();
         let none = |why: String| PgRepoError::NoBackupForTarget(why);
         if backups.is_empty() {
             return Err(none(format!("repository {} holds no completed backup", self.repo.location())));
@@ -157,23 +172,80 @@ impl<'r> Backups<'r> {
         text.parse().map(Some).map_err(|_| PgRepoError::codec(&key, codec::CodecError::Corrupt(format!("restore point holds {text:?}, not an LSN"))))
     }
 
-    /// Re-read everything a restore of `id` would need: every file (authentication, SHA-256,
-    /// size), the objects against the manifest, and the WAL from start to stop segment.
+    /// `target` and the backups it builds on, read from their manifests, full backup first.
+    pub fn chain(&self, target: Manifest) -> Result<Chain, PgRepoError> {
+        let mut manifests = vec![target];
+        while let Some(parent) = manifests.last().expect("not empty").parent.clone() {
+            match self.read_manifest(&parent) {
+                Ok(m) => manifests.push(m),
+                Err(PgRepoError::UnknownBackup { .. }) => {
+                    return Err(ChainError::MissingAncestor { id: manifests[0].id.clone(), missing: parent }.into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        manifests.reverse();
+        Ok(Chain::new(manifests))
+    }
+
+    /// Re-read everything a restore of `id` would need: every file of it and of the backups it
+    /// builds on (authentication, SHA-256, size), the objects against the manifests, that every
+    /// delta has the file it applies to, and the WAL from start to stop segment.
     pub fn verify(&self, id: &BackupId) -> Result<VerifyReport, PgRepoError> {
         let manifest = self.read_manifest(id)?;
-        let objects = self.objects();
         let mut report = VerifyReport { backup: id.to_string(), files_checked: 0, objects_checked: 0, wal_checked: 0, problems: Vec::new() };
+        let chain = match self.chain(manifest.clone()) {
+            Ok(chain) => Some(chain),
+            Err(e) => {
+                report.problems.push(report_chain(&e));
+                None
+            }
+        };
+        let members: Vec<&Manifest> = match &chain {
+            Some(c) => c.manifests().iter().rev().collect(),
+            None => vec![&manifest],
+        };
+        for m in members {
+            // Problems in an ancestor name it: that is the backup to look at.
+            let prefix = if m.id == *id { String::new() } else { format!("ancestor {}: ", m.id) };
+            for p in self.verify_objects(m, &mut report)? {
+                report.problems.push(format!("{prefix}{p}"));
+            }
+        }
+        if let Some(chain) = &chain {
+            for file in manifest.files.iter().filter(|f| f.delta.is_some()) {
+                if let Err(e) = chain.layers(file) {
+                    report.problems.push(report_chain(&e));
+                }
+            }
+        }
+        for name in manifest.wal_range(self.repo.cluster().wal_segment_size) {
+            report.wal_checked += 1;
+            match self.objects().get_object(&name.object_key(), &mut std::io::sink()) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => report.problems.push(format!("WAL {name}: not in the archive; the backup cannot be made consistent")),
+                Err(e) => report.problems.push(format!("WAL {name}: {}", report_chain(&e))),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Check one backup's own objects and files against its manifest; returns the problems.
+    fn verify_objects(&self, manifest: &Manifest, report: &mut VerifyReport) -> Result<Vec<String>, PgRepoError> {
+        let objects = self.objects();
+        let id = &manifest.id;
+        let mut problems = Vec::new();
         let stored: std::collections::BTreeMap<String, u64> =
             objects.storage().list_all(&objects.ctx(), &id.prefix())?.into_iter().map(|m| (m.key, m.size)).collect();
         let referenced: BTreeSet<&str> = manifest.files.iter().map(|f| f.object.as_str()).collect();
         for object in &referenced {
             match stored.get(*object) {
-                None => report.problems.push(format!("object {object}: missing (listed in the manifest)")),
+                None => problems.push(format!("object {object}: missing (listed in the manifest)")),
                 Some(size) => {
                     report.objects_checked += 1;
                     let end = manifest.files.iter().filter(|f| f.object == *object).map(|f| f.offset + f.stored_size).max().unwrap_or(0);
                     if end != *size {
-                        report.problems.push(format!("object {object}: {size} bytes, the manifest accounts for {end}"));
+                        problems.push(format!("object {object}: {size} bytes, the manifest accounts for {end}"));
                     }
                 }
             }
@@ -184,22 +256,31 @@ impl<'r> Backups<'r> {
             }
             report.files_checked += 1;
             if let Err(e) = objects.check_file(file) {
-                report.problems.push(format!("object {} (file {}): {}", file.object, file.path, report_chain(&e)));
+                problems.push(format!("object {} (file {}): {}", file.object, file.path, report_chain(&e)));
             }
         }
-        for name in manifest.wal_range(self.repo.cluster().wal_segment_size) {
-            report.wal_checked += 1;
-            match objects.get_object(&name.object_key(), &mut std::io::sink()) {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => report.problems.push(format!("WAL {name}: not in the archive; the backup cannot be made consistent")),
-                Err(e) => report.problems.push(format!("WAL {name}: {}", report_chain(&e))),
-            }
-        }
-        Ok(report)
+        Ok(problems)
     }
 
-    /// Remove a backup: the manifest first, so it stops being restorable before any data goes.
-    pub fn delete(&self, id: &BackupId) -> Result<u64, PgRepoError> {
+    /// Remove a backup, and with `cascade` the incrementals built on it (newest first); without
+    /// it, a backup others depend on is refused, naming them. Returns the ids deleted.
+    pub fn delete(&self, id: &BackupId, cascade: bool) -> Result<Vec<BackupId>, PgRepoError> {
+        let dependants = dependants(&self.list()?, id);
+        if !dependants.is_empty() && !cascade {
+            let names: Vec<String> = dependants.iter().map(ToString::to_string).collect();
+            return Err(PgRepoError::HasDependants { id: id.to_string(), dependants: names.join(", ") });
+        }
+        for d in &dependants {
+            self.delete_one(d)?;
+        }
+        self.delete_one(id)?;
+        let mut deleted = dependants;
+        deleted.push(id.clone());
+        Ok(deleted)
+    }
+
+    /// Remove one backup: the manifest first, so it stops being restorable before any data goes.
+    fn delete_one(&self, id: &BackupId) -> Result<u64, PgRepoError> {
         let storage = self.objects().storage();
         let ctx = self.objects().ctx();
         let objects = storage.list_all(&ctx, &id.prefix())?;

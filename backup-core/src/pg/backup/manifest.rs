@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::repo::files::FileEntry;
 use crate::pg::wal::{Lsn, SegmentPos, SystemId, TimelineId, WalFileName};
 
-pub const MANIFEST_FORMAT: u32 = 1;
+/// 1: full backups only; 2: incremental backups (a parent, delta file entries). A reader
+/// refuses a format newer than it knows rather than misread a delta as a whole file.
+pub const MANIFEST_FORMAT: u32 = 2;
 
 /// `backup_YYYYMMDD_HHMMSS` (UTC), the product's backup id form. Sorts by time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,6 +91,9 @@ pub struct Manifest {
     pub kind: BackupKind,
     /// The backup this one is relative to (incremental backups).
     pub parent: Option<BackupId>,
+    /// 0 for a full backup, its parent's depth + 1 for an incremental.
+    #[serde(default)]
+    pub chain_depth: u32,
     pub system_identifier: SystemId,
     pub pg_version: u32,
     pub timeline: TimelineId,
@@ -141,6 +146,12 @@ pub struct BackupStats {
     pub stored_bytes: u64,
     pub objects: u64,
     pub duration_ms: u64,
+    /// Incremental backups: relation blocks stored (the rest came from the parent).
+    #[serde(default)]
+    pub changed_blocks: u64,
+    /// Incremental backups: bytes of the data directory read to find them.
+    #[serde(default)]
+    pub bytes_read: u64,
 }
 
 impl Manifest {

@@ -2,6 +2,7 @@
 //! restorable on its own.
 
 pub mod copy;
+pub mod incremental;
 pub mod inventory;
 pub mod manifest;
 pub mod page;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::incremental::{reconstruct, Chain, ReconstructError};
 use super::inventory::RecoveryTarget;
 use super::manifest::{FileEntry, Manifest};
 use crate::pg::{PgRepo, PgRepoError};
@@ -65,6 +66,8 @@ pub enum RestoreError {
     UnknownTablespace(u32),
     #[error("writing {path}")]
     Write { path: String, #[source] cause: std::io::Error },
+    #[error("restoring {path}")]
+    Reconstruct { path: String, #[source] cause: ReconstructError },
     #[error(transparent)]
     Repo(#[from] PgRepoError),
 }
@@ -94,13 +97,16 @@ fn check_empty(dir: &Path) -> Result<(), RestoreError> {
     }
 }
 
+/// Restore the last backup of `chain` (a full backup alone, or with the incrementals leading to
+/// it: [`super::inventory::Backups::chain`]).
 pub fn restore_backup(
     repo: &PgRepo,
-    manifest: &Manifest,
+    chain: &Chain,
     pgdata: &Path,
     opts: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<(), RestoreError> {
+    let manifest = chain.target();
     check_empty(pgdata)?;
     let locations: Vec<(u32, PathBuf)> = manifest
         .tablespaces
@@ -139,7 +145,7 @@ pub fn restore_backup(
     roots.extend(locations.iter().map(|(_, l)| l.clone()));
     let writeback = Writeback::open(&roots)?;
 
-    restore_files(repo, &manifest.files, pgdata, opts.workers, progress, &writeback)?;
+    restore_files(repo, chain, pgdata, opts.workers, progress, &writeback)?;
 
     write_file(&pgdata.join("backup_label"), manifest.backup_label.as_bytes())?;
     // PostgreSQL recreates pg_tblspc links from tablespace_map at recovery start: it must name
@@ -185,12 +191,13 @@ impl Writeback {
 
 fn restore_files(
     repo: &PgRepo,
-    files: &[FileEntry],
+    chain: &Chain,
     pgdata: &Path,
     workers: usize,
     progress: &RestoreProgress,
     writeback: &Writeback,
 ) -> Result<(), RestoreError> {
+    let files = &chain.target().files;
     let mut order: Vec<&FileEntry> = files.iter().collect();
     order.sort_by_key(|f| std::cmp::Reverse(f.size));
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
@@ -217,7 +224,7 @@ fn restore_files(
                 }
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            if let Err(e) = restore_one(repo, file, pgdata) {
+            if let Err(e) = restore_one(repo, chain, file, pgdata) {
                 fail(e);
                 break;
             }
@@ -251,8 +258,14 @@ fn restore_files(
     }
 }
 
-fn restore_one(repo: &PgRepo, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
+fn restore_one(repo: &PgRepo, chain: &Chain, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
     let path: PathBuf = pgdata.join(&file.path);
+    if file.delta.is_some() {
+        let failed = |cause| RestoreError::Reconstruct { path: file.path.clone(), cause };
+        let layers = chain.layers(file).map_err(|e| failed(e.into()))?;
+        let out = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(write_err(&path))?;
+        return reconstruct(repo.objects(), &layers, &chain.ids(), &out).map_err(failed);
+    }
     let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);
     repo.objects().decode_file(file, &mut out)?;

@@ -1,4 +1,5 @@
-//! A full base backup from start to manifest, independent of how we talk to the server.
+//! A base backup (full or incremental) from start to manifest, independent of how we talk to
+//! the server.
 //!
 //! The server side (`pg_backup_start` / `pg_backup_stop`, from one session) is
 //! [`super::session`], over a [`SqlSession`]: the extension's background worker provides one
@@ -7,7 +8,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use super::copy::{copy_files, CopyError, CopyOptions, Progress};
+use super::incremental::{choose_parent, Baseline, ChainError};
 use super::manifest::{BackupId, BackupKind, BackupStats, Manifest, MANIFEST_FORMAT};
 use super::scan::scan_pgdata;
 use super::session::{self, SessionError, SqlSession};
@@ -57,6 +61,10 @@ pub enum BackupError {
     Cancelled,
     #[error("WAL segment {segment} needed to make the backup consistent did not reach the repository within {seconds} s; check archive_command (pg_stat_archiver)")]
     WalNotArchived { segment: String, seconds: u64 },
+    #[error("the server's timeline changed from {expected} to {found} during the backup (a promotion?); take the backup again")]
+    TimelineChanged { expected: TimelineId, found: TimelineId },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
     #[error("cannot read the data directory")]
     Scan(#[source] std::io::Error),
     #[error(transparent)]
@@ -85,15 +93,18 @@ impl From<RepoError> for BackupError {
     }
 }
 
-/// Take a full backup of the cluster at `pgdata` into `repo` as backup `id`.
+/// Take a backup of the cluster at `pgdata` into `repo` as backup `id`: a full one, or an
+/// incremental one on top of the newest completed backup of the server's timeline.
 ///
 /// `tick(phase)` runs on this thread several times a second; returning `false` cancels. A
 /// cancelled or failed backup leaves data objects but no manifest: it never lists as restorable.
-pub fn run_full_backup(
+#[allow(clippy::too_many_arguments)]
+pub fn run_backup(
     repo: &PgRepo,
     pgdata: &Path,
     session: &mut dyn SqlSession,
     id: &BackupId,
+    kind: BackupKind,
     opts: &BackupOptions,
     progress: &Progress,
     tick: &mut dyn FnMut(Phase) -> bool,
@@ -110,11 +121,26 @@ pub fn run_full_backup(
     if !tick(Phase::Starting) {
         return Err(BackupError::Cancelled);
     }
+    // Refused before the server does any work for it.
+    let completed = match kind {
+        BackupKind::Full => Vec::new(),
+        BackupKind::Incremental => repo.backups().list()?,
+    };
+    if kind == BackupKind::Incremental && completed.is_empty() {
+        return Err(ChainError::NoBackup.into());
+    }
     let start_time = chrono::Utc::now();
     let start_lsn = session::start(session, id.as_str()).map_err(BackupError::Server)?;
+    let baseline = match kind {
+        BackupKind::Full => None,
+        BackupKind::Incremental => {
+            let timeline = session::timeline(session).map_err(BackupError::Server)?;
+            Some(Baseline::of(choose_parent(&completed, timeline)?))
+        }
+    };
     let scan = scan_pgdata(pgdata).map_err(BackupError::Scan)?;
     let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums, max_rate: opts.max_rate };
-    let copied = copy_files(repo, id, scan.files, &copy_opts, progress, &mut || tick(Phase::Copying))?;
+    let copied = copy_files(repo, id, scan.files, &copy_opts, baseline.as_ref(), progress, &mut || tick(Phase::Copying))?;
 
     if !tick(Phase::Stopping) {
         return Err(BackupError::Cancelled);
@@ -125,6 +151,11 @@ pub fn run_full_backup(
     // costs that one use (find() then never picks this backup for an xid target).
     let next_xid = session::next_xid(session).ok();
     let timeline = parse_start_timeline(&stop.backup_label).unwrap_or(TimelineId(1));
+    if let Some(b) = &baseline {
+        if b.timeline != timeline {
+            return Err(BackupError::TimelineChanged { expected: b.timeline, found: timeline });
+        }
+    }
     let seg = repo.cluster().wal_segment_size;
     let start_wal = Manifest::wal_name(timeline, start_lsn, seg, false);
     let stop_wal = Manifest::wal_name(timeline, stop.lsn, seg, true);
@@ -154,12 +185,16 @@ pub fn run_full_backup(
         stored_bytes: files.iter().map(|f| f.stored_size).sum(),
         objects: copied.objects,
         duration_ms: began.elapsed().as_millis() as u64,
+        changed_blocks: files.iter().filter_map(|f| f.delta.as_ref()).map(|d| d.blocks.len()).sum(),
+        bytes_read: progress.bytes_done.load(Ordering::Relaxed),
     };
     let manifest = Manifest {
-        format: MANIFEST_FORMAT,
+        // A full backup stays readable by programs that know no incrementals.
+        format: if baseline.is_some() { MANIFEST_FORMAT } else { 1 },
         id: id.clone(),
-        kind: BackupKind::Full,
-        parent: None,
+        kind,
+        parent: baseline.as_ref().map(|b| b.parent.clone()),
+        chain_depth: baseline.as_ref().map_or(0, |b| b.parent_depth + 1),
         system_identifier: repo.cluster().system_id,
         pg_version: repo.cluster().pg_version,
         timeline,

@@ -39,6 +39,11 @@ pub struct SourceFile {
     pub mtime: i64,
     /// Relation data file: block number of its first page, for page checksum verification.
     pub first_block: Option<u32>,
+    /// A main-fork relation segment: every page carries the LSN of its last WAL-logged change,
+    /// so an incremental backup can store only the pages changed since its parent. Other forks
+    /// are copied whole: the free space map is not WAL-logged, and visibility map bits are
+    /// cleared without advancing the page's LSN (a delta would miss the clearing).
+    pub paged: bool,
 }
 
 #[derive(Debug, Default)]
@@ -118,11 +123,9 @@ fn walk(dir: &Path, rel: &str, scan: &mut Scan) -> std::io::Result<()> {
                     continue; // unlogged relation: only its init fork survives a restore
                 }
             }
-            let first_block = if is_relation_dir(rel) {
-                relation_node(&name).map(|n| n.segment.saturating_mul(super::page::RELSEG_SIZE))
-            } else {
-                None
-            };
+            let node = if is_relation_dir(rel) { relation_node(&name) } else { None };
+            let first_block = node.as_ref().map(|n| n.segment.saturating_mul(super::page::RELSEG_SIZE));
+            let paged = node.as_ref().is_some_and(|n| n.fork.is_none());
             scan.files.push(SourceFile {
                 rel: child_rel,
                 abs: entry.path(),
@@ -130,6 +133,7 @@ fn walk(dir: &Path, rel: &str, scan: &mut Scan) -> std::io::Result<()> {
                 mode: meta.permissions().mode() & 0o7777,
                 mtime: meta.mtime(),
                 first_block,
+                paged,
             });
         }
         // Other symlinks and special files in the data directory are not PostgreSQL's.
@@ -210,5 +214,7 @@ mod tests {
         let seg1 = scan.files.iter().find(|f| f.rel == "base/5/16384.1").unwrap();
         assert_eq!(seg1.first_block, Some(131072));
         assert_eq!(scan.files.iter().find(|f| f.rel == "PG_VERSION").unwrap().first_block, None);
+        let paged: Vec<&str> = scan.files.iter().filter(|f| f.paged).map(|f| f.rel.as_str()).collect();
+        assert_eq!(paged, ["base/5/16384", "base/5/16384.1"], "main forks only; not fsm, init or pg_control");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::pg::wal::{Lsn, WalError};
+use crate::pg::wal::{Lsn, TimelineId, WalError};
 
 /// One statement, one row, every column as text (`None` for NULL).
 pub trait SqlSession {
@@ -86,6 +86,15 @@ pub fn next_xid(session: &mut dyn SqlSession) -> Result<u64, SessionError> {
     let row = run(session, STEP, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])?;
     let text = column(STEP, &row, 0)?;
     text.parse().map_err(|_| SessionError::Unexpected { step: STEP, answer: text.to_string() })
+}
+
+/// The server's current timeline (from the last checkpoint: call it after `pg_backup_start`,
+/// whose checkpoint makes it current).
+pub fn timeline(session: &mut dyn SqlSession) -> Result<TimelineId, SessionError> {
+    const STEP: &str = "reading the current timeline";
+    let row = run(session, STEP, "SELECT timeline_id::text FROM pg_control_checkpoint()", &[])?;
+    let text = column(STEP, &row, 0)?;
+    text.parse().map(TimelineId).map_err(|_| SessionError::Unexpected { step: STEP, answer: text.to_string() })
 }
 
 fn run(session: &mut dyn SqlSession, step: &'static str, sql: &str, args: &[&str]) -> Result<Vec<Option<String>>, SessionError> {

@@ -80,8 +80,13 @@ echo
 psql_at "$PORT" -c "SELECT id, status, start_lsn, stop_lsn, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, file_count, duration, error FROM backup.list()"
 psql_at "$PORT" -At -c "SELECT CASE WHEN (backup.verify('$BACKUP_ID')->>'ok')::bool THEN 'verify: every object authenticated and checksummed, WAL range archived' ELSE 'verify FAILED' END"
 
-say "More business after the backup: 5,000 new orders"
-psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'customer-' || (g % 977), 42.00 FROM generate_series(100001, 105000) g"
+say "More business after the backup: 5,000 new orders, 1,000 refunds"
+psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'customer-' || (g % 977), 42.00 FROM generate_series(100001, 105000) g" \
+    -c "UPDATE orders SET amount = 0 WHERE id % 100 = 0"
+
+say "Incremental backup: SELECT backup.start_incremental(wait => true) stores only the changed pages"
+INCR_ID=$(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")
+psql_at "$PORT" -c "SELECT id, type, parent, chain_depth, changed_blocks, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, duration FROM backup.list()"
 sleep 1
 GOOD_TIME=$(psql_at "$PORT" -At -c "SELECT now()")
 BEFORE=$(psql_at "$PORT" -At -c "SELECT count(*) || ' orders, total ' || sum(amount) FROM orders")
@@ -101,7 +106,7 @@ done
 say "The repository"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" info
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" list
-echo "backup.find('$GOOD_TIME') = $(psql_at "$PORT" -At -c "SELECT backup.find('$GOOD_TIME')")"
+echo "backup.find('$GOOD_TIME') = $(psql_at "$PORT" -At -c "SELECT backup.find('$GOOD_TIME')") (the incremental $INCR_ID: restored through its chain)"
 
 say "Point-in-time restore to $GOOD_TIME into $DEMO_DIR/restored"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" restore --pgdata "$DEMO_DIR/restored" \

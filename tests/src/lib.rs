@@ -28,6 +28,7 @@
 
 mod fixtures;
 mod inspect;
+pub mod workload;
 
 pub use fixtures::*;
 pub use inspect::*;

@@ -13,6 +13,7 @@ pub mod archive;
 pub mod backup;
 pub mod cluster;
 pub mod wal;
+pub mod walsummary;
 
 use crate::config::{refuse_repo_inside_pgdata, Config, RepoConfig};
 use crate::repo::{Encryption, InitOutcome, RepoError, Repository};

@@ -31,7 +31,7 @@ impl SqlSession for ClientSession {
     }
 }
 
-pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind) -> Result<ExitCode> {
+pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind, check_wal_summaries: bool) -> Result<ExitCode> {
     let mut repo = PgRepo::open(config)?;
     // Large files compress on several threads, so the last big file does not run alone.
     repo.objects_mut().set_codec_threads(workers);
@@ -44,13 +44,28 @@ pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, ki
         id = BackupId::at(Utc::now());
     }
     let progress = Progress::default();
-    let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300) };
+    let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300), check_wal_summaries };
     let manifest = run_backup(&repo, pgdata, &mut session, &id, kind, &opts, &progress, &mut |_| true)?;
     report_page_failures(&manifest);
     let on_top = match &manifest.parent {
-        Some(p) => format!(" (incremental on {p}: {} changed blocks)", manifest.stats.changed_blocks),
+        Some(p) => format!(" (incremental on {p}: {} changed blocks, {} read)", manifest.stats.changed_blocks, human_bytes(manifest.stats.bytes_read)),
         None => String::new(),
     };
+    if let Some(method) = &manifest.incremental {
+        match &method.wal_unusable {
+            Some(why) => eprintln!("wal-archiver: WAL summaries not usable ({why}): scanned every relation file page by page"),
+            None => eprintln!(
+                "wal-archiver: changed pages found from WAL summaries: {} relation files read only where they changed, {} scanned page by page",
+                method.files_from_wal, method.files_scanned
+            ),
+        }
+        if let Some(missed) = &method.wal_missed {
+            eprintln!("wal-archiver: WAL summaries checked against a page scan: {} changed pages missed (stored anyway)", missed.len());
+            for m in missed.iter().take(20) {
+                eprintln!("wal-archiver: WARNING: WAL summaries missed {m}");
+            }
+        }
+    }
     println!(
         "{}: {} files, {} -> {} stored, LSN {} .. {}{on_top}",
         manifest.id,
@@ -221,7 +236,8 @@ pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
 pub fn summary_json(m: &Manifest) -> serde_json::Value {
     serde_json::json!({
         "id": m.id, "type": m.kind, "parent": m.parent, "chain_depth": m.chain_depth,
-        "changed_blocks": m.parent.as_ref().map(|_| m.stats.changed_blocks), "bytes_read": m.stats.bytes_read, "timeline": m.timeline,
+        "changed_blocks": m.parent.as_ref().map(|_| m.stats.changed_blocks), "bytes_read": m.stats.bytes_read,
+        "incremental": m.incremental, "timeline": m.timeline,
         "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn, "start_wal": m.start_wal, "stop_wal": m.stop_wal,
         "start_time": m.start_time, "stop_time": m.stop_time, "stop_next_xid": m.stop_next_xid,
         "files": m.stats.files, "bytes": m.stats.bytes, "stored_bytes": m.stats.stored_bytes,

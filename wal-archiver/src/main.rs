@@ -94,6 +94,10 @@ enum Verb {
         /// Store only the pages changed since the newest backup of the server's timeline
         #[arg(long)]
         incremental: bool,
+        /// With --incremental: also read whole every file the WAL summaries vouch for, and
+        /// report (and store) any changed page they did not name
+        #[arg(long, requires = "incremental")]
+        check_wal_summaries: bool,
     },
     /// Restore a backup into an empty data directory, set up to recover to a target
     Restore {
@@ -195,9 +199,9 @@ fn main() -> ExitCode {
         Verb::Info { output } => info(config_path, output),
         Verb::WalList { output, verify } => wal_list(config_path, output, verify),
         Verb::Delete { id, cascade } => load_config(config_path).and_then(|c| backup_cmd::delete(&c, &id, cascade)),
-        Verb::Backup { pgdata, dbname, workers, incremental } => {
+        Verb::Backup { pgdata, dbname, workers, incremental, check_wal_summaries } => {
             let kind = if incremental { BackupKind::Incremental } else { BackupKind::Full };
-            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers, kind))
+            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers, kind, check_wal_summaries))
         }
         Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode, tablespace_map, target_timeline } => {
             let req = backup_cmd::RestoreRequest {

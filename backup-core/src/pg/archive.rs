@@ -11,7 +11,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::wal::{xlog_page_magic, LongPageHeader, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
+use super::wal::{xlog_page_magic, LongPageHeader, Lsn, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
+use super::walsummary::{summarize_segment, RestorePoint, SegmentSummary, SummaryError};
 use super::{PgRepo, PgRepoError};
 use crate::repo::RepoError;
 use crate::storage::{ObjectMeta, PutMode};
@@ -70,11 +71,93 @@ impl<'r> WalArchive<'r> {
             return self.compare_with_archived(&name, path);
         }
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
-            Some(s) => Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size }),
+        let outcome = match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
+            Some(s) => PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size },
             // Someone stored it between our check and our write: judge their copy like any other.
-            None => self.compare_with_archived(&name, path),
+            None => return self.compare_with_archived(&name, path),
+        };
+        self.summarize_pushed(&name, path);
+        Ok(outcome)
+    }
+
+    /// Store the block-reference summary of a segment just archived, for incremental backups.
+    /// Never fails the push: archiving is what matters, and a missing summary only makes the
+    /// next incremental backup read the files it cannot vouch for ([`Self::summary`] says so).
+    fn summarize_pushed(&self, name: &WalFileName, path: &Path) {
+        let WalFileName::Segment(pos) = name else { return };
+        let result = (|| -> Result<(), String> {
+            // The file was just read: this comes from the page cache.
+            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+            let summary = self.summarize(*pos, &bytes, None).map_err(|e| e.to_string())?;
+            let key = summary_key(name);
+            self.repo.objects().put_object(&key, &mut &summary.to_bytes()[..], PutMode::Overwrite).map_err(|e| crate::error::report(&e))?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            eprintln!("wal-archiver: WARNING: {name} archived, but its block summary could not be stored ({e}); the next incremental backup reads the files it covers");
         }
+    }
+
+    fn summarize(&self, pos: SegmentPos, bytes: &[u8], stop_at: Option<Lsn>) -> Result<SegmentSummary, SummaryError> {
+        let seg = self.repo.cluster().wal_segment_size;
+        summarize_segment(bytes, pos.timeline, Lsn(pos.segno(seg) * u64::from(seg)), seg, stop_at)
+    }
+
+    /// The block summary stored beside archived segment `pos`, if there is one (and it reads).
+    pub fn stored_summary(&self, pos: SegmentPos) -> Result<Option<SegmentSummary>, PgRepoError> {
+        let mut bytes = Vec::new();
+        match self.repo.objects().get_object(&summary_key(&WalFileName::Segment(pos)), &mut bytes) {
+            // An unreadable summary is as good as none: never trusted.
+            Ok(_) => Ok(SegmentSummary::from_bytes(&bytes).ok()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The block summary of archived segment `pos`: the stored one, else made now from the
+    /// archived segment (archived before summaries existed, or its summary was lost).
+    /// `Ok(None)` when the segment is not archived.
+    pub fn summary(&self, pos: SegmentPos) -> Result<Option<SegmentSummary>, PgRepoError> {
+        if let Some(s) = self.stored_summary(pos)? {
+            return Ok(Some(s));
+        }
+        let name = WalFileName::Segment(pos);
+        let mut bytes = Vec::new();
+        match self.repo.objects().get_object(&name.object_key(), &mut bytes) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let summary = self.summarize(pos, &bytes, None).map_err(|e| PgRepoError::codec(&name.object_key(), crate::codec::CodecError::Corrupt(e.to_string())))?;
+        Ok(Some(summary))
+    }
+
+    /// Summary of a segment still in the server's `pg_wal` (not archived yet: the one being
+    /// written), up to `stop_at`.
+    pub fn summarize_local(&self, pos: SegmentPos, path: &Path, stop_at: Lsn) -> Result<Option<SegmentSummary>, std::io::Error> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(self.summarize(pos, &bytes, Some(stop_at)).ok())
+    }
+
+    /// The newest restore point named `name` in the archived WAL (`pg_create_restore_point`
+    /// writes a record; it is the only trace of a point not made through the extension).
+    /// Searches from the newest segment back.
+    pub fn find_restore_point(&self, name: &str) -> Result<Option<RestorePoint>, PgRepoError> {
+        let mut segments: Vec<SegmentPos> = self.list()?.into_iter().filter_map(|w| w.name.segment()).collect();
+        let seg = self.repo.cluster().wal_segment_size;
+        segments.sort_by_key(|p| (p.segno(seg), p.timeline));
+        for pos in segments.into_iter().rev() {
+            if let Some(summary) = self.summary(pos)? {
+                if let Some(point) = summary.restore_points.iter().rev().find(|p| p.name == name) {
+                    return Ok(Some(point.clone()));
+                }
+            }
+        }
+        Ok(None)
     }
 
     fn check_segment(&self, name: &WalFileName, file: &mut File, path: &Path) -> Result<(), PushError> {
@@ -111,6 +194,11 @@ impl<'r> WalArchive<'r> {
         let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         if local == archived.sha256 && size == archived.plaintext_size {
+            // A push that died between the segment and its summary is completed here.
+            let objects = self.repo.objects();
+            if name.carries_wal_pages() && !objects.storage().exists(&objects.ctx(), &summary_key(name)).unwrap_or(true) {
+                self.summarize_pushed(name, path);
+            }
             Ok(PushOutcome::AlreadyArchived)
         } else {
             Err(PushError::Conflict {
@@ -165,6 +253,12 @@ impl<'r> WalArchive<'r> {
     pub fn verify(&self, wal: &ArchivedWal) -> Result<(), RepoError> {
         self.repo.objects().get_object(&wal.object, &mut std::io::sink()).map(|_| ())
     }
+}
+
+/// `wal-summary/<timeline+log>/<segment>`: beside the segment's `wal/…` key, outside `wal/` so
+/// that listings of the archive see segments only.
+pub fn summary_key(name: &WalFileName) -> String {
+    format!("wal-summary/{}", name.object_key().trim_start_matches("wal/"))
 }
 
 #[derive(Debug, thiserror::Error)]

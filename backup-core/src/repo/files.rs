@@ -50,6 +50,11 @@ pub struct BlockDelta {
     pub blocks: BlockList,
     /// SHA-256 of the stored stream (the blocks), which the object's trailer must match.
     pub stored_sha256: Sha256Digest,
+    /// Only these blocks were read (the WAL said nothing else changed): the whole file's digest
+    /// was never computed, and [`FileEntry::sha256`] is the stored blocks' digest. A restore
+    /// checks the rebuilt file's page checksums instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed_only: bool,
 }
 
 /// Block numbers as sorted, disjoint `[start, end)` ranges: a manifest lists a million
@@ -81,6 +86,17 @@ impl BlockList {
 
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.iter().flat_map(|&(s, e)| s..e)
+    }
+
+    /// The sorted, distinct `blocks` as a list.
+    pub fn from_sorted(blocks: impl IntoIterator<Item = u32>) -> BlockList {
+        let mut list = BlockList::default();
+        for b in blocks {
+            if list.0.last().is_none_or(|&(_, end)| b >= end) {
+                list.push(b);
+            }
+        }
+        list
     }
 
     pub fn contains(&self, block: u32) -> bool {

@@ -22,14 +22,18 @@ use std::os::unix::fs::FileExt;
 
 use sha2::{Digest, Sha256};
 
+use std::path::Path;
+
 use super::manifest::{BackupId, FileEntry, Manifest};
+use super::page::{check_page, PageCheck, RELSEG_SIZE};
 use crate::codec::Sha256Digest;
-use crate::pg::wal::{Lsn, TimelineId};
+use crate::pg::wal::{Lsn, SegmentPos, TimelineId, WalFileName};
+use crate::pg::walsummary::{changed_between, ChangedBlocks, RelationFile};
+use crate::pg::PgRepo;
 use crate::repo::files::DELTA_BLOCK;
 use crate::repo::{RepoError, Repository};
 
 /// What an incremental backup needs of its parent while copying.
-#[derive(Debug)]
 pub struct Baseline {
     pub parent: BackupId,
     pub parent_depth: u32,
@@ -37,11 +41,15 @@ pub struct Baseline {
     /// The parent's start LSN: pages at or past it changed since the parent's copy.
     pub since: Lsn,
     sizes: HashMap<String, u64>,
+    /// What the WAL between the parent's start and ours changed, when its summaries cover
+    /// that range: the relation files they vouch for are read only where they changed.
+    pub wal: Option<ChangedBlocks>,
 }
 
 impl Baseline {
     pub fn of(parent: &Manifest) -> Baseline {
         Baseline {
+            wal: None,
             parent: parent.id.clone(),
             parent_depth: parent.chain_depth,
             timeline: parent.timeline,
@@ -54,6 +62,38 @@ impl Baseline {
     pub fn parent_size(&self, path: &str) -> Option<u64> {
         self.sizes.get(path).copied()
     }
+
+    /// The blocks of relation file `path` (numbered within the file) the WAL changed since the
+    /// parent, if the WAL summaries vouch that nothing else changed in it.
+    pub fn wal_blocks(&self, path: &str) -> Option<Vec<u32>> {
+        let wal = self.wal.as_ref()?;
+        let file = RelationFile::parse(path)?;
+        wal.is_vouched(file.rel, file.fork).then(|| wal.blocks_in_file(&file).collect())
+    }
+}
+
+/// What changed in the WAL from `from` (the parent's start) to `to` (ours), from the block
+/// summaries stored beside the archived segments, and for segments not archived yet (the one
+/// the server is writing) from the server's `pg_wal`. `Err` says why the summaries cannot be
+/// trusted for the range; the backup then scans every file instead.
+pub fn wal_changes(repo: &PgRepo, pgdata: &Path, timeline: TimelineId, from: Lsn, to: Lsn) -> Result<ChangedBlocks, String> {
+    let seg = repo.cluster().wal_segment_size;
+    let (first, last) = (from.0 / u64::from(seg), to.0.saturating_sub(1) / u64::from(seg));
+    let mut summaries = Vec::new();
+    for segno in first..=last.max(first) {
+        let pos = SegmentPos::from_segno(timeline, segno, seg);
+        let name = WalFileName::Segment(pos);
+        let summary = match repo.wal().stored_summary(pos).map_err(|e| crate::error::report(&e))? {
+            Some(s) => s,
+            None => repo
+                .wal()
+                .summarize_local(pos, &pgdata.join("pg_wal").join(name.to_string()), to)
+                .map_err(|e| format!("reading {name} in pg_wal: {e}"))?
+                .ok_or_else(|| format!("segment {name} has no block summary in the repository (archived by an older version, or its summary was lost) and is no longer in pg_wal"))?,
+        };
+        summaries.push(summary);
+    }
+    changed_between(&summaries, from, to).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +200,8 @@ pub enum ReconstructError {
     Repo(#[from] RepoError),
     #[error("writing the restored file")]
     Write(#[source] io::Error),
+    #[error("{path} rebuilt from backups {layers}: block {block} fails its page checksum (expected {expected}, found {found}); run verify on the backup")]
+    BadPage { path: String, block: u32, expected: u16, found: u16, layers: String },
     #[error("{path} rebuilt from backups {layers} hashes to {found}, but the backup recorded {expected}: an object of the chain holds other data than its manifest says; run verify on the backup")]
     Mismatch { path: String, layers: String, expected: Sha256Digest, found: Sha256Digest },
 }
@@ -169,7 +211,7 @@ pub enum ReconstructError {
 ///
 /// Each layer's stored stream is decoded once, in order; a block is written only by the newest
 /// layer holding it, so every block is written exactly once, at its place.
-pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], out: &File) -> Result<(), ReconstructError> {
+pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], page_checksums: bool, out: &File) -> Result<(), ReconstructError> {
     let target = layers[0];
     let nblocks = target.size.div_ceil(DELTA_BLOCK);
     let mut taken = vec![false; nblocks as usize];
@@ -188,7 +230,12 @@ pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], 
         }
     }
     out.set_len(target.size).map_err(ReconstructError::Write)?;
+    let changed_only = target.delta.as_ref().is_some_and(|d| d.changed_only);
     // Read back (from the page cache) and hash: the only proof that the layers fit together.
+    // A file whose backup read only its changed blocks has no whole-file digest: its pages'
+    // own checksums (which mix in the block number, so a block put in the wrong place fails
+    // too) are checked instead, when the cluster has them.
+    let first_block = RelationFile::parse(&target.path).map_or(0, |f| f.segno * RELSEG_SIZE);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
@@ -197,8 +244,22 @@ pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], 
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        if !changed_only {
+            hasher.update(&buf[..n]);
+        } else if page_checksums {
+            for (i, page) in buf[..n].chunks_exact(DELTA_BLOCK as usize).enumerate() {
+                let block = first_block + ((pos / DELTA_BLOCK) as u32) + i as u32;
+                // u64::MAX: no page may be excused as torn; these pages were written back whole.
+                if let PageCheck::Corrupt { expected, found } = check_page(page, block, u64::MAX) {
+                    let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                    return Err(ReconstructError::BadPage { path: target.path.clone(), block, expected, found, layers: names.join(" + ") });
+                }
+            }
+        }
         pos += n as u64;
+    }
+    if changed_only {
+        return Ok(());
     }
     let found = Sha256Digest(hasher.finalize().into());
     if found != target.sha256 {
@@ -328,12 +389,14 @@ mod tests {
             files,
             page_checksum_failures: vec![],
             stats: Default::default(),
+            data_checksums: None,
+            incremental: None,
         }
     }
 
     fn back_up(repo: &PgRepo, dir: &std::path::Path, id: &str, parent: Option<&Manifest>, start_lsn: u64, content: &[u8]) -> Manifest {
         let bid: BackupId = id.parse().unwrap();
-        let opts = CopyOptions { workers: 1, start_lsn: Lsn(start_lsn), verify_checksums: false, max_rate: 0 };
+        let opts = CopyOptions { workers: 1, start_lsn: Lsn(start_lsn), verify_checksums: false, max_rate: 0, check_wal_summaries: false };
         let baseline = parent.map(Baseline::of);
         let files = vec![source(dir, "16384", content)];
         let copied = copy_files(repo, &bid, files, &opts, baseline.as_ref(), &Progress::default(), &mut || true).unwrap();
@@ -347,7 +410,7 @@ mod tests {
         let path = dir.join("restored");
         let _ = std::fs::remove_file(&path);
         let out = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
-        reconstruct(repo.objects(), &layers, &chain.ids(), &out)?;
+        reconstruct(repo.objects(), &layers, &chain.ids(), false, &out)?;
         Ok(std::fs::read(&path).unwrap())
     }
 

@@ -144,11 +144,24 @@ impl<'r> Backups<'r> {
             RecoveryTarget::Time { text, at } => pick(&|m| m.stop_time <= *at, format!("time {text}")),
             RecoveryTarget::Lsn(lsn) => pick(&|m| m.stop_lsn <= *lsn, format!("LSN {lsn}")),
             RecoveryTarget::Xid(xid) => pick(&|m| m.stop_next_xid.is_some_and(|n| n <= *xid), format!("transaction {xid}")),
-            RecoveryTarget::Name(name) => match self.restore_point(name)? {
-                Some(lsn) => pick(&|m| m.stop_lsn <= lsn, format!("restore point {name} (LSN {lsn})")),
-                // Not recorded through backup.create_restore_point(): assume the newest.
-                None => Ok(backups.last().unwrap().clone()),
-            },
+            RecoveryTarget::Name(name) => {
+                // Recorded by backup.create_restore_point(), else made with plain
+                // pg_create_restore_point(): then its record in the archived WAL says where.
+                let lsn = match self.restore_point(name)? {
+                    Some(lsn) => lsn,
+                    None => match self.repo.wal().find_restore_point(name)? {
+                        Some(point) => point.end,
+                        None => {
+                            return Err(none(format!(
+                                "restore point {name:?} is neither recorded in repository {} nor in its archived WAL; \
+                                 check the name, or choose the backup yourself with --backup-id (it must end before the point)",
+                                self.repo.location()
+                            )))
+                        }
+                    },
+                };
+                pick(&|m| m.stop_lsn <= lsn, format!("restore point {name} (LSN {lsn})"))
+            }
         }
     }
 

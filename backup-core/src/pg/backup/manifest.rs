@@ -116,6 +116,27 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     pub page_checksum_failures: Vec<PageFailure>,
     pub stats: BackupStats,
+    /// Whether the cluster had data checksums: pages were verified, and a restore may verify
+    /// them again.
+    #[serde(default)]
+    pub data_checksums: Option<bool>,
+    /// Incremental backups: how the changed pages were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalMethod>,
+}
+
+/// How an incremental backup found its changed pages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncrementalMethod {
+    /// Relation files whose changed blocks the WAL summaries named: only those were read.
+    pub files_from_wal: u64,
+    /// Relation files read whole and judged page by page (page LSN against the parent's start).
+    pub files_scanned: u64,
+    /// Why the WAL summaries could not be used at all (a gap, a segment not summarized), if so.
+    pub wal_unusable: Option<String>,
+    /// When the summaries were checked against a page scan: pages they missed (stored anyway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_missed: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -264,7 +264,8 @@ fn restore_one(repo: &PgRepo, chain: &Chain, file: &FileEntry, pgdata: &Path) ->
         let failed = |cause| RestoreError::Reconstruct { path: file.path.clone(), cause };
         let layers = chain.layers(file).map_err(|e| failed(e.into()))?;
         let out = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(write_err(&path))?;
-        return reconstruct(repo.objects(), &layers, &chain.ids(), &out).map_err(failed);
+        let page_checksums = chain.target().data_checksums == Some(true);
+        return reconstruct(repo.objects(), &layers, &chain.ids(), page_checksums, &out).map_err(failed);
     }
     let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
     let mut out = BufWriter::with_capacity(1 << 20, out);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::Ordering;
 
 use super::copy::{copy_files, CopyError, CopyOptions, Progress};
-use super::incremental::{choose_parent, Baseline, ChainError};
-use super::manifest::{BackupId, BackupKind, BackupStats, Manifest, MANIFEST_FORMAT};
+use super::incremental::{choose_parent, wal_changes, Baseline, ChainError};
+use super::manifest::{BackupId, BackupKind, BackupStats, IncrementalMethod, Manifest, MANIFEST_FORMAT};
 use super::scan::scan_pgdata;
 use super::session::{self, SessionError, SqlSession};
 use crate::pg::cluster::ClusterIdentity;
@@ -49,6 +49,8 @@ pub struct BackupOptions {
     pub max_rate: u64,
     /// How long to wait, after `pg_backup_stop`, for the last WAL segment to reach the repository.
     pub wal_timeout: Duration,
+    /// See [`CopyOptions::check_wal_summaries`].
+    pub check_wal_summaries: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,18 +131,33 @@ pub fn run_backup(
     if kind == BackupKind::Incremental && completed.is_empty() {
         return Err(ChainError::NoBackup.into());
     }
+    // Without data checksums a page's checksum field means nothing: verifying it would call
+    // every page corrupt.
+    let data_checksums = session::data_checksums(session).map_err(BackupError::Server)?;
     let start_time = chrono::Utc::now();
     let start_lsn = session::start(session, id.as_str()).map_err(BackupError::Server)?;
+    let mut wal_unusable = None;
     let baseline = match kind {
         BackupKind::Full => None,
         BackupKind::Incremental => {
             let timeline = session::timeline(session).map_err(BackupError::Server)?;
-            Some(Baseline::of(choose_parent(&completed, timeline)?))
+            let mut baseline = Baseline::of(choose_parent(&completed, timeline)?);
+            // The WAL from the parent's start to ours names every page that changed: read
+            // only those. Where its summaries fall short, every file is scanned instead.
+            match wal_changes(repo, pgdata, timeline, baseline.since, start_lsn) {
+                Ok(changes) => baseline.wal = Some(changes),
+                Err(why) => wal_unusable = Some(why),
+            }
+            Some(baseline)
         }
     };
     let scan = scan_pgdata(pgdata).map_err(BackupError::Scan)?;
-    let copy_opts = CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums, max_rate: opts.max_rate };
-    let copied = copy_files(repo, id, scan.files, &copy_opts, baseline.as_ref(), progress, &mut || tick(Phase::Copying))?;
+    let copy_opts =
+        CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums && data_checksums,
+        max_rate: opts.max_rate,
+        check_wal_summaries: opts.check_wal_summaries,
+    };
+    let mut copied = copy_files(repo, id, scan.files, &copy_opts, baseline.as_ref(), progress, &mut || tick(Phase::Copying))?;
 
     if !tick(Phase::Stopping) {
         return Err(BackupError::Cancelled);
@@ -178,7 +195,7 @@ pub fn run_backup(
     if !tick(Phase::WritingManifest) {
         return Err(BackupError::Cancelled);
     }
-    let files = copied.files;
+    let files = std::mem::take(&mut copied.files);
     let stats = BackupStats {
         files: files.len() as u64,
         bytes: files.iter().map(|f| f.size).sum(),
@@ -186,7 +203,7 @@ pub fn run_backup(
         objects: copied.objects,
         duration_ms: began.elapsed().as_millis() as u64,
         changed_blocks: files.iter().filter_map(|f| f.delta.as_ref()).map(|d| d.blocks.len()).sum(),
-        bytes_read: progress.bytes_done.load(Ordering::Relaxed),
+        bytes_read: progress.bytes_read.load(Ordering::Relaxed),
     };
     let manifest = Manifest {
         // A full backup stays readable by programs that know no incrementals.
@@ -213,6 +230,13 @@ pub fn run_backup(
         files,
         page_checksum_failures: copied.page_failures,
         stats,
+        data_checksums: Some(data_checksums),
+        incremental: baseline.as_ref().map(|_| IncrementalMethod {
+            files_from_wal: copied.files_from_wal,
+            files_scanned: copied.files_scanned,
+            wal_unusable,
+            wal_missed: opts.check_wal_summaries.then(|| std::mem::take(&mut copied.wal_missed)),
+        }),
     };
     repo.backups().write_manifest(&manifest)?;
     Ok(manifest)

@@ -97,6 +97,18 @@ pub fn timeline(session: &mut dyn SqlSession) -> Result<TimelineId, SessionError
     text.parse().map(TimelineId).map_err(|_| SessionError::Unexpected { step: STEP, answer: text.to_string() })
 }
 
+/// Whether the cluster has data checksums (`initdb --data-checksums`): without them a page's
+/// checksum field means nothing and must not be verified.
+pub fn data_checksums(session: &mut dyn SqlSession) -> Result<bool, SessionError> {
+    const STEP: &str = "reading data_checksums";
+    let row = run(session, STEP, "SELECT current_setting('data_checksums')", &[])?;
+    match column(STEP, &row, 0)? {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(SessionError::Unexpected { step: STEP, answer: other.to_string() }),
+    }
+}
+
 fn run(session: &mut dyn SqlSession, step: &'static str, sql: &str, args: &[&str]) -> Result<Vec<Option<String>>, SessionError> {
     session.query_row(sql, args).map_err(|cause| SessionError::Server { step, cause })
 }

@@ -14,6 +14,13 @@ the same cluster in the same run, interleaved per repetition:
        ours (wal-archiver push) vs pgBackRest archive-push sync vs async (archive-async=y)
   4. peak RSS: our push (/usr/bin/time around archive_command), our backup worker (VmHWM
      polled in /proc while it runs), our restore (/usr/bin/time)
+  5. incremental backups (skip with --no-incremental), per rep after the full backups: 5 rounds
+     of (1 % of the rows of the big tables updated, CHECKPOINT, one incremental by each tool)
+       ours            SELECT backup.start_incremental(wait => true) in round 1, then
+                       wal-archiver backup --incremental (kernel read counters of the process)
+       pgBackRest      backup --type=incr (options of its full)
+     stored bytes, wall time (also against our full), bytes read against the databases' size;
+     then the restore of full + 5 incrementals against the restore of a full of the same state
 
 Output: a table of ratios (ours / theirs) on stdout, raw numbers + ratios as JSON in
 bench/results/<timestamp>.json and bench/results/latest.json, a bar chart in
@@ -29,13 +36,16 @@ import json
 import os
 import platform
 import pwd
+import re
 import secrets
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +55,7 @@ TIME_BIN = "/usr/bin/time"
 PG_USER = "postgres"
 STANZA = "bench"
 MB = 1024 * 1024
+INCR_ROUNDS = 5  # the chain restored: a full backup + 5 incrementals
 
 T_START = time.monotonic()
 
@@ -161,7 +172,17 @@ class Bench:
                 "rss": {"push_kb": [], "backup_worker": [], "restore_kb": []},
                 "floor": {"compress": [], "write": []},
             },
+            # section 5 (bench/README.md): raw rows here, ratios and summary added by analyse()
+            "incremental": {
+                "skipped": bool(args.no_incremental),
+                "rounds": INCR_ROUNDS,
+                "change": "per round: UPDATE 1 % of pgbench_accounts (abalance + 1) and of md5_data (a = md5(a)), "
+                          "rows picked by random() < 0.01 after setseed(round / 10); then CHECKPOINT",
+                "raw": {"change": [], "ours": [], "pgbackrest": [], "full_after_chain": [], "restore": [],
+                        "restore_pgbackrest_chain": []},
+            },
         }
+        self.incr = self.results["incremental"]["raw"]
 
     # -- running things --------------------------------------------------------------------
 
@@ -428,6 +449,7 @@ class Bench:
         ds["pgbench_bytes"] = int(self.psql(
             "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c WHERE c.relname LIKE 'pgbench_%' AND c.relkind = 'r'"))
         ds["wal_segment_size"] = self.seg_size
+        ds["block_size"] = int(self.psql("SELECT current_setting('block_size')"))
         log(f"dataset: databases {fmt_bytes(ds['database_bytes'])}, data directory {fmt_bytes(ds['pgdata_bytes'])}")
 
     # -- 1. backups --------------------------------------------------------------------------
@@ -467,14 +489,26 @@ class Bench:
             return None
         return out
 
-    def backup_ours(self, rep):
-        self.prepare_backup("ours_rss")
+    @staticmethod
+    def proc_io(pid):
+        """/proc/PID/io: rchar counts every byte read() returned (page cache or not), read_bytes
+        what the process made the block layer fetch."""
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                return {k: int(v) for k, _, v in (line.partition(":") for line in f) if v.strip()}
+        except (OSError, ValueError):
+            return None
+
+    def sql_backup(self, function):
+        """SELECT backup.<function>(wait => true), timed until it returns; the backup worker's
+        memory and I/O counters are polled in /proc every 20 ms while it runs. Returns the
+        seconds, the backup id and what the polling saw (samples = 0: the worker was too quick)."""
         pm = self.postmaster_pid()
         t0 = time.monotonic()
-        p = subprocess.Popen(self.as_pg + self.psql_cmd("SELECT backup.start_full(wait => true)"),
+        p = subprocess.Popen(self.as_pg + self.psql_cmd(f"SELECT backup.{function}(wait => true)"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.children.append(p)
-        worker_pid, peak = None, {"VmHWM": 0, "RssAnon": 0, "VmRSS": 0}
+        worker_pid, peak, io = None, {"VmHWM": 0, "RssAnon": 0, "VmRSS": 0}, None
         samples = 0
         while p.poll() is None:
             if worker_pid is None:
@@ -485,6 +519,7 @@ class Bench:
                     samples += 1
                     for k in peak:
                         peak[k] = max(peak[k], st.get(k, 0))
+                    io = self.proc_io(worker_pid) or io
             time.sleep(0.02)
             if time.monotonic() - t0 > self.args.timeout:
                 p.kill()
@@ -493,8 +528,13 @@ class Bench:
         out, err = p.communicate()
         self.children.remove(p)
         if p.returncode != 0:
-            raise BenchError(f"backup.start_full failed: {err.strip()}")
+            raise BenchError(f"backup.{function} failed: {err.strip()}")
         bid = out.strip().splitlines()[-1]
+        return secs, bid, {"pid": worker_pid, "samples": samples, "peak": peak, "io": io}
+
+    def backup_ours(self, rep):
+        self.prepare_backup("ours_rss")
+        secs, bid, probe = self.sql_backup("start_full")
         row = self.psql("SELECT size_bytes, stored_bytes, file_count, extract(epoch FROM duration) "
                         f"FROM backup.list() WHERE id = '{bid}' AND status = 'completed'")
         if not row:
@@ -503,14 +543,17 @@ class Bench:
         r = {"rep": rep, "seconds": secs, "id": bid, "size_bytes": int(size), "stored_bytes": int(stored),
              "file_count": int(files), "reported_duration_s": float(dur) if dur else None}
         self.results["raw"]["backup"]["ours"].append(r)
-        if worker_pid is None or samples == 0:
+        peak = probe["peak"]
+        if not probe["samples"]:
             log("  (backup worker not seen in /proc: too quick to sample its memory)")
             self.results["raw"]["backup"]["ours"][-1]["worker_rss_sampled"] = False
         else:
             self.results["raw"]["rss"]["backup_worker"].append(
-                {"rep": rep, "pid": worker_pid, "samples": samples, "vmhwm_kb": peak["VmHWM"],
-                 "max_rss_kb": peak["VmRSS"], "max_rss_anon_kb": peak["RssAnon"]})
-        return r, peak if samples else None
+                {"rep": rep, "pid": probe["pid"], "samples": probe["samples"], "vmhwm_kb": peak["VmHWM"],
+                 "max_rss_kb": peak["VmRSS"], "max_rss_anon_kb": peak["RssAnon"],
+                 # polled every 20 ms: a lower bound, as for the incrementals
+                 "io_last_sample": probe["io"]})
+        return r, peak if probe["samples"] else None
 
     def backup_pgbackrest(self, rep):
         self.prepare_backup("pgbackrest_sync")
@@ -542,16 +585,18 @@ class Bench:
 
     # -- 2. restores -------------------------------------------------------------------------
 
-    def restore_ours(self, rep, backup_id):
-        target = os.path.join(self.restore_dir, "ours")
+    def restore_ours_into(self, target, backup_id, rss_file, settle=False):
+        """Our restore of backup_id into the empty directory target, timed until the command
+        returns; peak RSS from /usr/bin/time. settle: sync and pause first (see settle())."""
         self.rmtree(target)
-        rss_file = os.path.join(self.rss_dir, f"restore-{rep}.txt")
         cmd = [self.archiver, "--config", self.our_conf, "restore", "--pgdata", target, "--backup-id", backup_id,
                "--target", "immediate", "--archive-mode", "off", "--workers", self.args.workers]
         if not self.restore_target_ok:
             # a wal-archiver older than "--backup-id combines with a target": the files written are
             # the same, only the recovery settings differ
             cmd = [c for c in cmd if c not in ("--target", "immediate")]
+        if settle:
+            self.settle()
         t0 = time.monotonic()
         p = self.run([TIME_BIN, "-f", "%M", "-o", rss_file] + cmd, timeout=self.args.timeout, check=False)
         secs = time.monotonic() - t0
@@ -559,15 +604,21 @@ class Bench:
             log("  this wal-archiver refuses --backup-id with --target: restoring without --target immediate")
             self.restore_target_ok = False
             self.results["notes"].append("our restore ran without --target immediate (older wal-archiver)")
-            self.rmtree(target)
-            return self.restore_ours(rep, backup_id)
+            return self.restore_ours_into(target, backup_id, rss_file, settle)
         if p.returncode != 0:
             raise BenchError(f"our restore failed ({p.returncode}): {' '.join(cmd)}\n{(p.stdout + p.stderr)[-3000:]}")
         with open(rss_file) as f:
             rss_kb = int(f.read().split()[-1])
-        r = {"rep": rep, "seconds": secs, "backup_id": backup_id, "restored_bytes": dir_bytes(target), "peak_rss_kb": rss_kb}
+        return {"seconds": secs, "backup_id": backup_id, "restored_bytes": dir_bytes(target), "peak_rss_kb": rss_kb,
+                "stderr": (p.stderr or "").strip()}
+
+    def restore_ours(self, rep, backup_id):
+        target = os.path.join(self.restore_dir, "ours")
+        rr = self.restore_ours_into(target, backup_id, os.path.join(self.rss_dir, f"restore-{rep}.txt"))
+        r = {"rep": rep, "seconds": rr["seconds"], "backup_id": backup_id, "restored_bytes": rr["restored_bytes"],
+             "peak_rss_kb": rr["peak_rss_kb"]}
         self.results["raw"]["restore"]["ours"].append(r)
-        self.results["raw"]["rss"]["restore_kb"].append(rss_kb)
+        self.results["raw"]["rss"]["restore_kb"].append(rr["peak_rss_kb"])
         self.floor_write(rep, target)
         self.rmtree(target)
         return r
@@ -600,15 +651,20 @@ class Bench:
         self.results["raw"]["floor"]["compress"].append(r)
         return r
 
-    def restore_pgbackrest(self, rep, label):
-        target = os.path.join(self.restore_dir, "pgbackrest")
+    def restore_pgbackrest_into(self, target, label, settle=False):
         self.rmtree(target)
         self.mkdir_pg(target)  # pgBackRest restores into an existing, empty directory
+        if settle:
+            self.settle()
         t0 = time.monotonic()
         self.pgbr("restore", f"--pg1-path={target}", f"--set={label}", "--type=immediate", "--archive-mode=off",
                   timeout=self.args.timeout)
         secs = time.monotonic() - t0
-        r = {"rep": rep, "seconds": secs, "label": label, "restored_bytes": dir_bytes(target)}
+        return {"seconds": secs, "label": label, "restored_bytes": dir_bytes(target)}
+
+    def restore_pgbackrest(self, rep, label):
+        target = os.path.join(self.restore_dir, "pgbackrest")
+        r = dict(rep=rep, **self.restore_pgbackrest_into(target, label))
         self.results["raw"]["restore"]["pgbackrest"].append(r)
         self.rmtree(target)
         return r
@@ -694,6 +750,199 @@ class Bench:
             pass
         self.results["raw"]["rss"]["push_kb"] = vals
 
+    # -- 5. incremental backups -------------------------------------------------------------
+    #
+    # After each tool's full backup of the rep: INCR_ROUNDS rounds of (1 % of the rows of the big
+    # tables updated, CHECKPOINT, one incremental by each tool). Round 1 is the comparison: ours
+    # through SQL as the full backup, pgBackRest backup --type=incr with the options of its full.
+    # Rounds 2.. run ours through the CLI (same engine) so the kernel's I/O counters of the
+    # process can be read when it exits. Then the chain (full + INCR_ROUNDS incrementals) is
+    # restored, and a full backup of the same state, and the two restores are compared.
+
+    def change_rows(self, rnd):
+        """1 % of the rows of pgbench_accounts and md5_data, picked by random() under a fixed
+        seed per round (the same rows for every tool: the change is made once, both back it up)."""
+        seed = rnd / 10.0
+        cmd = self.psql_cmd(f"SELECT setseed({seed})")
+        cmd += ["-c", "WITH u AS (UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE random() < 0.01 "
+                      "RETURNING 1) SELECT count(*) FROM u",
+                "-c", "WITH u AS (UPDATE md5_data SET a = md5(a) WHERE random() < 0.01 RETURNING 1) SELECT count(*) FROM u"]
+        t0 = time.monotonic()
+        out = self.run(cmd, timeout=self.args.timeout).stdout.split()
+        secs = time.monotonic() - t0
+        self.psql("CHECKPOINT", timeout=None)
+        return {"seed": seed, "accounts_rows": int(out[-2]), "md5_rows": int(out[-1]), "seconds": secs}
+
+    def database_size(self):
+        """What an incremental's reads are set against: every database (pg_database_size), and
+        the data directory without pg_wal."""
+        db = int(self.psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database"))
+        return {"database_bytes": db,
+                "pgdata_bytes_no_wal": dir_bytes(self.pgdata) - dir_bytes(os.path.join(self.pgdata, "pg_wal"))}
+
+    def run_measured(self, cmd):
+        """Runs cmd as the postgres OS user and reads the kernel's count of what it read: the
+        child's exit is awaited without reaping it (waitid WNOWAIT), so /proc/PID/io is still
+        there and final (it includes the threads and the children the process reaped itself),
+        then it is reaped (wait4: peak RSS). Timed from the start to the exit."""
+        if os.getuid() == 0:
+            who = {"user": self.pg_uid, "group": self.pg_gid, "extra_groups": []}
+            env = dict(os.environ, HOME=pwd.getpwnam(PG_USER).pw_dir, USER=PG_USER, LOGNAME=PG_USER)
+        else:
+            who, env = {}, None
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        cmd = [str(c) for c in cmd]
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=self.work, env=env, **who)
+        self.children.append(p)
+        killer = threading.Timer(self.args.timeout, p.kill)
+        killer.start()
+        try:
+            os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+            secs = time.monotonic() - t0
+            io = self.proc_io(p.pid)
+            _pid, status, usage = os.wait4(p.pid, 0)
+            p.returncode = os.waitstatus_to_exitcode(status)
+        finally:
+            killer.cancel()
+            if p.returncode is None:  # interrupted (signal): the child must not outlive the run
+                p.kill()
+                p.wait()
+            self.children.remove(p)
+        if secs >= self.args.timeout:
+            raise BenchError(f"timed out after {self.args.timeout}s: {' '.join(cmd)}")
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+        out.close()
+        err.close()
+        if p.returncode != 0:
+            raise BenchError(f"command failed ({p.returncode}): {' '.join(cmd)}\n{(stdout + stderr)[-3000:]}")
+        return {"seconds": secs, "io": io, "maxrss_kb": usage.ru_maxrss, "stdout": stdout.strip(), "stderr": stderr.strip()}
+
+    def our_manifest(self, bid):
+        doc = json.loads(self.psql(f"SELECT backup.get('{bid}')"))
+        if "manifest" not in doc:
+            raise BenchError(f"backup {bid}: no manifest in backup.get(): {doc}")
+        return doc["manifest"]
+
+    def incremental_ours(self, rep, rnd, size, via):
+        self.prepare_backup("ours_rss")
+        if via == "sql":
+            secs, bid, probe = self.sql_backup("start_incremental")
+            extra = {"worker_samples": probe["samples"], "worker_vmhwm_kb": probe["peak"]["VmHWM"],
+                     "worker_max_rss_anon_kb": probe["peak"]["RssAnon"],
+                     # polled every 20 ms: the reads of its last moments are missing (a lower bound)
+                     "worker_io_last_sample": probe["io"]}
+            row = self.psql(f"SELECT type, parent, chain_depth, changed_blocks, stored_bytes FROM backup.list() "
+                            f"WHERE id = '{bid}' AND status = 'completed'")
+            if not row:
+                raise BenchError(f"incremental backup {bid} is not listed as completed")
+            kind, parent, depth, changed, stored = row.split("|")
+            extra["list"] = {"type": kind, "parent": parent, "chain_depth": int(depth),
+                             "changed_blocks": int(changed or 0), "stored_bytes": int(stored)}
+        else:
+            conninfo = f"host={self.sock} port={self.port} user={PG_USER} dbname=postgres"
+            cmd = [self.archiver, "--config", self.our_conf, "backup", "--pgdata", self.pgdata,
+                   "--dbname", conninfo, "--workers", self.args.workers, "--incremental"]
+            if via == "cli-scan":
+                # the page-LSN scan, for its figure: every page of every relation file read
+                cmd.append("--no-wal-summaries")
+            m = self.run_measured(cmd)
+            secs, bid = m["seconds"], m["stdout"].splitlines()[-1].split(":")[0]
+            io = m["io"] or {}
+            extra = {"output": m["stdout"].splitlines()[-1], "io": m["io"], "rchar": io.get("rchar"),
+                     "read_bytes": io.get("read_bytes"), "peak_rss_kb": m["maxrss_kb"]}
+        man = self.our_manifest(bid)
+        if man.get("type") != "incremental" or not man.get("parent"):
+            raise BenchError(f"backup {bid} was asked to be incremental but its manifest says "
+                             f"type {man.get('type')}, parent {man.get('parent')}")
+        r = {"rep": rep, "round": rnd, "via": via, "seconds": secs, "id": bid, "parent": man["parent"],
+             "chain_depth": man["chain_depth"], "size_bytes": man["bytes"], "stored_bytes": man["stored_bytes"],
+             "changed_blocks": man["changed_blocks"], "bytes_read": man["bytes_read"],
+             "path": "scan" if (man.get("incremental") or {}).get("wal_unusable") else "wal-summaries",
+             "incremental": man.get("incremental"),
+             "reported_duration_s": man["duration_ms"] / 1000.0 if man.get("duration_ms") is not None else None,
+             **size, **extra}
+        self.incr["ours"].append(r)
+        return r
+
+    def incremental_pgbackrest(self, rep, rnd, size):
+        self.prepare_backup("pgbackrest_sync")
+        m = self.run_measured([self.pgbackrest, f"--config={self.br_conf_sync}", f"--stanza={STANZA}", "backup",
+                               "--type=incr"])
+        info = json.loads(self.pgbr("info", "--output=json").stdout)
+        b = next(s for s in info if s["name"] == STANZA)["backup"][-1]
+        if b["type"] != "incr":
+            raise BenchError(f"pgBackRest's newest backup {b['label']} is a {b['type']}, not the incr just taken")
+        io = m["io"] or {}
+        r = {"rep": rep, "round": rnd, "seconds": m["seconds"], "label": b["label"], "prior": b.get("prior"),
+             "size_bytes": b["info"]["size"], "delta_bytes": b["info"]["delta"],
+             "stored_bytes": b["info"]["repository"]["delta"], "repository_size_bytes": b["info"]["repository"]["size"],
+             "stored_bytes_du": dir_bytes(os.path.join(self.br_repo, "backup", STANZA, b["label"])),
+             "io": m["io"], "rchar": io.get("rchar"), "read_bytes": io.get("read_bytes"), "peak_rss_kb": m["maxrss_kb"],
+             **size}
+        self.incr["pgbackrest"].append(r)
+        return r
+
+    def settle(self):
+        """The same starting line before each timed restore: dirty pages written out (the
+        previous restore, the directory just removed), then a moment of quiet."""
+        self.run(["sync"], as_pg=False)
+        time.sleep(1.0)
+
+    def incremental_rep(self, rep):
+        tag = f"rep {rep}/{self.args.reps}"
+        last_ours = last_br = None
+        for rnd in range(1, INCR_ROUNDS + 1):
+            ch = self.change_rows(rnd)
+            size = self.database_size()
+            self.incr["change"].append({"rep": rep, "round": rnd, **ch, **size})
+            log(f"incr    round {rnd}/{INCR_ROUNDS} {tag}: updated {ch['accounts_rows']:,} + {ch['md5_rows']:,} rows "
+                f"(1 %, seed {ch['seed']}), databases {fmt_bytes(size['database_bytes'])}")
+            # round 1 through SQL (its time compares with the SQL full); round 2 by the page-LSN
+            # scan (its read figure); the others through the CLI with the WAL summaries
+            via = {1: "sql", 2: "cli-scan"}.get(rnd, "cli")
+            r = self.incremental_ours(rep, rnd, size, via)
+            read = f"read {fmt_bytes(r['bytes_read'])} (own count)"
+            if r.get("rchar") is not None:
+                read += f", rchar {fmt_bytes(r['rchar'])}"
+            log(f"        ours ({via}, {r['path']}) -> {r['seconds']:.2f}s, stored {fmt_bytes(r['stored_bytes'])}, "
+                f"{r['changed_blocks']:,} changed blocks, {read}, on {r['parent']} (depth {r['chain_depth']})")
+            rb = self.incremental_pgbackrest(rep, rnd, size)
+            log(f"        pgbackrest   -> {rb['seconds']:.2f}s, stored {fmt_bytes(rb['stored_bytes'])} "
+                f"(changed files {fmt_bytes(rb['delta_bytes'])}), rchar {fmt_bytes(rb['rchar'])}")
+            last_ours, last_br = r, rb
+
+        # a full backup of the very state the last incremental saw, then both restored
+        self.prepare_backup("ours_rss")
+        secs, full_id, _probe = self.sql_backup("start_full")
+        man = self.our_manifest(full_id)
+        self.incr["full_after_chain"].append({"rep": rep, "seconds": secs, "id": full_id,
+                                              "stored_bytes": man["stored_bytes"], "size_bytes": man["bytes"]})
+        log(f"incr    full of the same state {tag} -> {secs:.2f}s, stored {fmt_bytes(man['stored_bytes'])}")
+        target = os.path.join(self.restore_dir, "ours")
+        order = ["chain", "full"] if rep % 2 else ["full", "chain"]
+        for i, what in enumerate(order, 1):
+            bid = last_ours["id"] if what == "chain" else full_id
+            rr = self.restore_ours_into(target, bid, os.path.join(self.rss_dir, f"incr-restore-{what}-{rep}.txt"),
+                                        settle=True)
+            chain = re.search(r"through a chain of (\d+) backups", rr.pop("stderr"))
+            rr.update(rep=rep, what=what, order=i, chain_length=int(chain.group(1)) if chain else 1)
+            self.incr["restore"].append(rr)
+            self.rmtree(target)
+            log(f"incr    restore ours {what:<5} {tag} ({bid}, {rr['chain_length']} backup(s)) -> "
+                f"{rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}")
+            if what == "chain" and rr["chain_length"] != INCR_ROUNDS + 1:
+                raise BenchError(f"restore of {bid} went through {rr['chain_length']} backups, "
+                                 f"expected {INCR_ROUNDS + 1} (full + {INCR_ROUNDS} incrementals)")
+        target = os.path.join(self.restore_dir, "pgbackrest")
+        rr = dict(rep=rep, **self.restore_pgbackrest_into(target, last_br["label"], settle=True))
+        self.incr["restore_pgbackrest_chain"].append(rr)
+        self.rmtree(target)
+        log(f"incr    restore pgbackrest chain {tag} ({last_br['label']}) -> {rr['seconds']:.2f}s, "
+            f"{fmt_bytes(rr['restored_bytes'])}")
+
     # -- the whole run -----------------------------------------------------------------------
 
     def run_all(self):
@@ -721,6 +970,8 @@ class Bench:
             log(f"restore pgbackrest     {tag} ({rb['label']})")
             rr = self.restore_pgbackrest(rep, rb["label"])
             log(f"        -> {rr['seconds']:.2f}s, {fmt_bytes(rr['restored_bytes'])}")
+            if not a.no_incremental:
+                self.incremental_rep(rep)
         # the WAL phase starts from the archiver of the last backup (ours); each run drains first
         for rep in range(1, a.reps + 1):
             for tool in ("ours", "ours_module", "pgbackrest_sync", "pgbackrest_async"):
@@ -892,10 +1143,108 @@ def analyse(results):
     results["summary"] = summary
     results["ratios"] = ratios
     results["rss"] = rss_rows
+    inc = results.get("incremental")
+    if inc and not inc.get("skipped"):
+        analyse_incremental(results)
+
+
+def ratio_row(key, label, pairs, better, target):
+    """A ratio over paired observations (ours, theirs): median of ours / median of theirs, and
+    the spread of the per-observation ratios -- the same shape as the main table's rows."""
+    pairs = [(o, t) for o, t in pairs if o is not None and t]
+    per = [o / t for o, t in pairs]
+    mo = statistics.median(o for o, _ in pairs) if pairs else None
+    mt = statistics.median(t for _, t in pairs) if pairs else None
+    value = mo / mt if pairs else None
+    return {"key": key, "label": label, "value": value, "min": min(per) if per else None,
+            "max": max(per) if per else None, "per_rep": per, "n": len(pairs), "ours_median": mo,
+            "theirs_median": mt, "better": better, "target": target, "target_met": target_met(value, better, target)}
+
+
+def analyse_incremental(results):
+    inc = results["incremental"]
+    raw = inc["raw"]
+    block = results["dataset"].get("block_size", 8192)
+    ours = raw["ours"]
+    first = {r["rep"]: r for r in ours if r["round"] == 1}
+    br_first = {r["rep"]: r for r in raw["pgbackrest"] if r["round"] == 1}
+    full = {r["rep"]: r for r in results["raw"]["backup"]["ours"]}
+    restores = {(r["rep"], r["what"]): r for r in raw["restore"]}
+    br_chain = {r["rep"]: r for r in raw["restore_pgbackrest_chain"]}
+    reps = sorted(first)
+
+    def by_rep(a, fa, b, fb):
+        return [(a[k][fa], b[k][fb]) for k in reps if k in a and k in b]
+
+    inc["ratios"] = [
+        # round 1: the first incremental after each tool's full backup
+        ratio_row("incr_stored_vs_pgbackrest_incr", "incr stored bytes / pgBackRest incr",
+                  by_rep(first, "stored_bytes", br_first, "stored_bytes"), "lower", 0.1),
+        ratio_row("incr_time_vs_own_full", "incr time / our full backup",
+                  by_rep(first, "seconds", full, "seconds"), "lower", round(1 / 3, 3)),
+        ratio_row("incr_time_vs_pgbackrest_incr", "incr time / pgBackRest incr",
+                  by_rep(first, "seconds", br_first, "seconds"), "lower", 1.0),
+        # what was read, against the databases' size: kernel counts of the CLI runs (rounds 2..)
+        ratio_row("incr_rchar_vs_database", "incr bytes read (kernel rchar) / databases",
+                  [(r.get("rchar"), r["database_bytes"]) for r in ours if r["via"] == "cli"], "lower", 0.1),
+        ratio_row("incr_bytes_read_vs_database", "incr bytes read (own count) / databases",
+                  [(r["bytes_read"], r["database_bytes"]) for r in ours if r["path"] == "wal-summaries"], "lower", 0.1),
+        ratio_row("incr_scan_rchar_vs_database", "scan path: bytes read (rchar) / databases",
+                  [(r.get("rchar"), r["database_bytes"]) for r in ours if r["via"] == "cli-scan"], "lower", None),
+        ratio_row("incr_scan_time_vs_summary_time", "scan path time / WAL-summary path time",
+                  [(s_["seconds"], w["seconds"]) for s_ in ours if s_["via"] == "cli-scan"
+                   for w in ours if w["via"] == "cli" and w["rep"] == s_["rep"] and w["round"] == s_["round"] + 1],
+                  "lower", None),
+        ratio_row("pgbackrest_incr_rchar_vs_database", "pgBackRest incr read (rchar) / databases",
+                  [(r.get("rchar"), r["database_bytes"]) for r in raw["pgbackrest"]], "lower", None),
+        # the chain: full + INCR_ROUNDS incrementals against a full backup of the same state
+        ratio_row("chain_restore_vs_full_restore", f"restore full + {inc['rounds']} incr / restore of a full",
+                  [(restores[(k, "chain")]["seconds"], restores[(k, "full")]["seconds"]) for k in reps
+                   if (k, "chain") in restores and (k, "full") in restores], "lower", 1.3),
+        ratio_row("chain_restore_vs_pgbackrest_chain", f"restore full + {inc['rounds']} incr / pgBackRest's",
+                  [(restores[(k, "chain")]["seconds"], br_chain[k]["seconds"]) for k in reps
+                   if (k, "chain") in restores and k in br_chain], "lower", None),
+        # context: how much of the data the 1 % change touched, and the incremental against our full
+        ratio_row("changed_blocks_vs_database", "changed blocks x block size / databases",
+                  [(r["changed_blocks"] * block, r["database_bytes"]) for r in ours], "lower", None),
+        ratio_row("incr_stored_vs_own_full", "incr stored bytes / our full backup",
+                  by_rep(first, "stored_bytes", full, "stored_bytes"), "lower", None),
+    ]
+
+    def fields(rows, names):
+        return {n: spread([r.get(n) for r in rows]) for n in names}
+
+    backup_fields = ("seconds", "stored_bytes", "changed_blocks", "bytes_read", "rchar", "read_bytes",
+                     "database_bytes", "peak_rss_kb", "worker_vmhwm_kb")
+    inc["summary"] = {
+        "ours_round1_sql": fields([r for r in ours if r["round"] == 1], backup_fields),
+        "ours_rounds_cli": fields([r for r in ours if r["via"] == "cli"], backup_fields),
+        "ours_round2_scan": fields([r for r in ours if r["via"] == "cli-scan"], backup_fields),
+        "pgbackrest_round1": fields([r for r in raw["pgbackrest"] if r["round"] == 1],
+                                    ("seconds", "stored_bytes", "delta_bytes", "rchar", "read_bytes")),
+        "pgbackrest_all": fields(raw["pgbackrest"], ("seconds", "stored_bytes", "delta_bytes", "rchar", "read_bytes")),
+        "change": fields(raw["change"], ("accounts_rows", "md5_rows", "seconds", "database_bytes",
+                                         "pgdata_bytes_no_wal")),
+        "full_after_chain": fields(raw["full_after_chain"], ("seconds", "stored_bytes")),
+        "restore_chain": fields([r for r in raw["restore"] if r["what"] == "chain"], ("seconds", "peak_rss_kb")),
+        "restore_full": fields([r for r in raw["restore"] if r["what"] == "full"], ("seconds", "peak_rss_kb")),
+        "restore_pgbackrest_chain": fields(raw["restore_pgbackrest_chain"], ("seconds",)),
+    }
+    # Which path each incremental took: the WAL summaries (reads what changed) or the page scan
+    # (reads everything); said in the output so a fallback is not mistaken for a regression.
+    inc["read_path"] = sorted({r.get("path", "?") for r in ours})
 
 
 def fmt(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_ratio_rows(rows):
+    for r in rows:
+        sp = f"{fmt(r['min'])}..{fmt(r['max'])}"
+        tgt = "-" if r["target"] is None else (("<= " if r["better"] == "lower" else ">= ") + f"{r['target']}")
+        met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
+        print(f"{r['label']:<46} {fmt(r['value']):>7} {sp:>15}  {r['better'] + ' better':<13} {tgt:<8} {met:<4}")
 
 
 def print_tables(results):
@@ -905,11 +1254,7 @@ def print_tables(results):
     hdr = f"{'measure':<46} {'value':>7} {'spread':>15}  {'better':<13} {'target':<8} {'met':<4}"
     print(hdr)
     print("-" * len(hdr))
-    for r in results["ratios"]:
-        sp = f"{fmt(r['min'])}..{fmt(r['max'])}"
-        tgt = "-" if r["target"] is None else (("<= " if r["better"] == "lower" else ">= ") + f"{r['target']}")
-        met = {True: "yes", False: "NO", None: ""}[r["target_met"]]
-        print(f"{r['label']:<46} {fmt(r['value']):>7} {sp:>15}  {r['better'] + ' better':<13} {tgt:<8} {met:<4}")
+    print_ratio_rows(results["ratios"])
     for r in results["rss"]:
         sp = f"{fmt(r['min'], 1)}..{fmt(r['max'], 1)}"
         tgt = "-" if r["target"] is None else f"<= {r['target']}"
@@ -919,21 +1264,57 @@ def print_tables(results):
     print("Medians (min..max)")
     s = results["summary"]
 
-    def line(label, key, field, conv=lambda v: v, unit="", digits=2):
-        d = s.get(key, {}).get(field)
+    def line(label, d, conv=lambda v: v, unit="", digits=2):
         if not d or d["median"] is None:
             return
         print(f"  {label:<46} {conv(d['median']):>10.{digits}f} {unit:<5} ({conv(d['min']):.{digits}f}..{conv(d['max']):.{digits}f})")
 
     for tool in ("ours", "pgbackrest", "pg_basebackup"):
-        line(f"backup {tool}", f"backup.{tool}", "seconds", unit="s")
-        line(f"backup {tool} stored", f"backup.{tool}", "stored_bytes", lambda v: v / MB, "MB", 1)
-    line("floor: zstd -3 alone", "floor.compress", "seconds", unit="s")
+        line(f"backup {tool}", s.get(f"backup.{tool}", {}).get("seconds"), unit="s")
+        line(f"backup {tool} stored", s.get(f"backup.{tool}", {}).get("stored_bytes"), lambda v: v / MB, "MB", 1)
+    line("floor: zstd -3 alone", s.get("floor.compress", {}).get("seconds"), unit="s")
     for tool in ("ours", "pgbackrest"):
-        line(f"restore {tool}", f"restore.{tool}", "seconds", unit="s")
-    line("floor: cp -a + sync alone", "floor.write", "seconds", unit="s")
+        line(f"restore {tool}", s.get(f"restore.{tool}", {}).get("seconds"), unit="s")
+    line("floor: cp -a + sync alone", s.get("floor.write", {}).get("seconds"), unit="s")
     for tool in ("ours", "ours_module", "pgbackrest_sync", "pgbackrest_async"):
-        line(f"WAL {tool}", f"wal.{tool}", "mb_per_s", unit="MB/s", digits=1)
+        line(f"WAL {tool}", s.get(f"wal.{tool}", {}).get("mb_per_s"), unit="MB/s", digits=1)
+    print()
+
+    inc = results.get("incremental") or {}
+    if inc.get("skipped") or "ratios" not in inc:
+        return
+    n = inc["rounds"]
+    print(f"Incremental backups: per rep, {n} rounds of (1 % of the rows of pgbench_accounts and md5_data updated,")
+    print("CHECKPOINT, one incremental by each tool) after the rep's full backups. Round 1 (ours through SQL) is the")
+    print("comparison; round 2 runs ours through the CLI by the page-LSN scan (--no-wal-summaries), rounds 3.. through")
+    print("the CLI with the WAL summaries, for the kernel's read counters. Spread: per rep (per round for the read rows).")
+    print(hdr)
+    print("-" * len(hdr))
+    print_ratio_rows(inc["ratios"])
+    print(f"  paths taken by our incrementals: {', '.join(inc.get('read_path') or [])}")
+    print()
+    print("Incremental medians (min..max)")
+    si = inc["summary"]
+    mb = lambda v: v / MB  # noqa: E731
+    line("incr ours, round 1 (SQL)", si["ours_round1_sql"]["seconds"], unit="s")
+    line("incr ours, rounds 2.. (CLI)", si["ours_rounds_cli"]["seconds"], unit="s")
+    line("incr pgbackrest, round 1", si["pgbackrest_round1"]["seconds"], unit="s")
+    line("incr ours stored, round 1", si["ours_round1_sql"]["stored_bytes"], mb, "MB", 1)
+    line("incr pgbackrest stored, round 1", si["pgbackrest_round1"]["stored_bytes"], mb, "MB", 1)
+    line("incr pgbackrest changed files (delta), round 1", si["pgbackrest_round1"]["delta_bytes"], mb, "MB", 1)
+    line("incr ours changed blocks, round 1", si["ours_round1_sql"]["changed_blocks"], digits=0)
+    line("databases (sum of pg_database_size)", si["change"]["database_bytes"], mb, "MB", 1)
+    line("incr ours read, own count (all rounds)",
+         spread([r["bytes_read"] for r in inc["raw"]["ours"]]), mb, "MB", 1)
+    line("incr ours rchar (CLI rounds)", si["ours_rounds_cli"]["rchar"], mb, "MB", 1)
+    line("incr ours read_bytes from disk (CLI rounds)", si["ours_rounds_cli"]["read_bytes"], mb, "MB", 1)
+    line("incr pgbackrest rchar (all rounds)", si["pgbackrest_all"]["rchar"], mb, "MB", 1)
+    line("incr ours peak RSS, CLI", si["ours_rounds_cli"]["peak_rss_kb"], lambda v: v / 1024, "MB", 1)
+    line("incr ours worker VmHWM, SQL", si["ours_round1_sql"]["worker_vmhwm_kb"], lambda v: v / 1024, "MB", 1)
+    line("full of the state after the chain", si["full_after_chain"]["seconds"], unit="s")
+    line(f"restore ours, full + {n} incr", si["restore_chain"]["seconds"], unit="s")
+    line("restore ours, full of the same state", si["restore_full"]["seconds"], unit="s")
+    line(f"restore pgbackrest, full + {n} incr", si["restore_pgbackrest_chain"]["seconds"], unit="s")
     print()
 
 
@@ -947,7 +1328,12 @@ def plot(results, path):
         return False
     ratios = results["ratios"]
     rss = results["rss"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(3 + 1.05 * (len(ratios) + len(rss)), 7), gridspec_kw={"width_ratios": [len(ratios), len(rss) + 0.6]})
+    inc = results.get("incremental") or {}
+    incr = [] if inc.get("skipped") else inc.get("ratios", [])
+    width = 3 + 1.05 * max(len(ratios) + len(rss), len(incr))
+    fig = plt.figure(figsize=(width, 13 if incr else 7))
+    gs = fig.add_gridspec(2 if incr else 1, 2, width_ratios=[len(ratios), len(rss) + 0.6])
+    ax1, ax2 = fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1])
 
     def colour(met):
         return {True: "#3a923a", False: "#c8423b", None: "#7f8c9a"}[met]
@@ -977,6 +1363,11 @@ def plot(results, path):
     bars(ax1, ratios, "ours / theirs", "Ratios (median; whiskers: per-rep min..max)")
     ax1.axhline(1.0, color="#999999", linewidth=0.8)
     bars(ax2, [dict(r, label=r["label"].replace(" (MB)", "")) for r in rss], "MB", "Our peak RSS (max over samples)")
+    if incr:
+        ax3 = fig.add_subplot(gs[1, :])
+        bars(ax3, incr, "ratio", f"Incremental backups: full + {inc['rounds']} incrementals, 1 % of the rows changed "
+                                 "each (median; whiskers: min..max)")
+        ax3.axhline(1.0, color="#999999", linewidth=0.8)
     p = results["params"]
     fig.suptitle(f"pg_backup_ext benchmark — pgbench scale {p['scale']}, {p['rows']:,} md5 rows, "
                  f"{p['reps']} rep(s), {p['wal_segments']} WAL segments, {p['workers']} workers — "
@@ -1018,6 +1409,8 @@ def parse_args(argv):
     ap.add_argument("--wal-archiver", default=os.environ.get("WAL_ARCHIVER"), help="wal-archiver binary (default: PATH)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
     ap.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    ap.add_argument("--no-incremental", action="store_true",
+                    help="skip the incremental-backup section (5 incrementals per rep, two restores)")
     a = ap.parse_args(argv)
     if a.reps < 1 or a.wal_segments < 1 or a.scale < 1 or a.rows < 0 or a.workers < 1:
         ap.error("scale, reps, wal-segments and workers must be positive")

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use backup_core::error::report;
 use backup_core::pg::backup::copy::Progress;
-use backup_core::pg::backup::run::{run_backup, BackupError, BackupOptions, Phase};
+use backup_core::pg::backup::run::{run_backup, BackupError, BackupOptions, Phase, WalSummaries};
 use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use backup_core::pg::PgRepo;
 use backup_core::storage::CancelToken;
@@ -130,7 +130,7 @@ fn take_backup(worker: &Worker, id: &BackupId, kind: BackupKind) -> Result<Manif
         verify_checksums: gucs::VERIFY_CHECKSUMS.get(),
         max_rate: gucs::MAX_RATE_KB.get() as u64 * 1024,
         wal_timeout: Duration::from_secs(gucs::WAL_TIMEOUT_S.get() as u64),
-        check_wal_summaries: false,
+        wal_summaries: WalSummaries::Use,
     };
     let progress = Progress::default();
     let mut last_report = Instant::now() - Duration::from_secs(10);

@@ -11,7 +11,7 @@ use backup_core::config::Config;
 use backup_core::pg::backup::copy::Progress;
 use backup_core::pg::backup::inventory::RecoveryTarget;
 use backup_core::pg::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
-use backup_core::pg::backup::run::{run_backup, BackupOptions};
+use backup_core::pg::backup::run::{run_backup, BackupOptions, WalSummaries};
 use backup_core::pg::backup::session::{ServerError, SqlSession};
 use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
 use backup_core::pg::PgRepo;
@@ -31,7 +31,7 @@ impl SqlSession for ClientSession {
     }
 }
 
-pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind, check_wal_summaries: bool) -> Result<ExitCode> {
+pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind, wal_summaries: WalSummaries) -> Result<ExitCode> {
     let mut repo = PgRepo::open(config)?;
     // Large files compress on several threads, so the last big file does not run alone.
     repo.objects_mut().set_codec_threads(workers);
@@ -44,7 +44,7 @@ pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, ki
         id = BackupId::at(Utc::now());
     }
     let progress = Progress::default();
-    let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300), check_wal_summaries };
+    let opts = BackupOptions { workers, verify_checksums: true, max_rate: 0, wal_timeout: Duration::from_secs(300), wal_summaries };
     let manifest = run_backup(&repo, pgdata, &mut session, &id, kind, &opts, &progress, &mut |_| true)?;
     report_page_failures(&manifest);
     let on_top = match &manifest.parent {

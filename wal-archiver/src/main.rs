@@ -15,6 +15,7 @@ use backup_core::error::report;
 use backup_core::keys::{default_key_id, KeyId, KeyRing, MasterKey};
 use backup_core::pg::archive::{self, FetchError, PushOutcome};
 use backup_core::pg::backup::restore::TargetAction;
+use backup_core::pg::backup::run::WalSummaries;
 use backup_core::pg::backup::BackupKind;
 use backup_core::pg::cluster::ClusterIdentity;
 use backup_core::pg::wal::WalFileName;
@@ -98,6 +99,10 @@ enum Verb {
         /// report (and store) any changed page they did not name
         #[arg(long, requires = "incremental")]
         check_wal_summaries: bool,
+        /// With --incremental: ignore the WAL summaries and judge every page of every relation
+        /// file by its LSN (reads the whole data directory)
+        #[arg(long, requires = "incremental", conflicts_with = "check_wal_summaries")]
+        no_wal_summaries: bool,
     },
     /// Restore a backup into an empty data directory, set up to recover to a target
     Restore {
@@ -199,9 +204,14 @@ fn main() -> ExitCode {
         Verb::Info { output } => info(config_path, output),
         Verb::WalList { output, verify } => wal_list(config_path, output, verify),
         Verb::Delete { id, cascade } => load_config(config_path).and_then(|c| backup_cmd::delete(&c, &id, cascade)),
-        Verb::Backup { pgdata, dbname, workers, incremental, check_wal_summaries } => {
+        Verb::Backup { pgdata, dbname, workers, incremental, check_wal_summaries, no_wal_summaries } => {
             let kind = if incremental { BackupKind::Incremental } else { BackupKind::Full };
-            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers, kind, check_wal_summaries))
+            let summaries = match (check_wal_summaries, no_wal_summaries) {
+                (true, _) => WalSummaries::Check,
+                (_, true) => WalSummaries::Ignore,
+                _ => WalSummaries::Use,
+            };
+            load_config(config_path).and_then(|c| backup_cmd::backup(&c, &pgdata, &dbname, workers, kind, summaries))
         }
         Verb::Restore { pgdata, backup_id, latest, target_time, target_lsn, target_xid, target_name, target, target_action, workers, archive_mode, tablespace_map, target_timeline } => {
             let req = backup_cmd::RestoreRequest {

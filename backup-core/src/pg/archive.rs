@@ -70,23 +70,24 @@ impl<'r> WalArchive<'r> {
         if objects.storage().exists(&objects.ctx(), &key).map_err(RepoError::from)? {
             return self.compare_with_archived(&name, path);
         }
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let outcome = match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
-            Some(s) => PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size },
-            // Someone stored it between our check and our write: judge their copy like any other.
-            None => return self.compare_with_archived(&name, path),
-        };
+        // The summary first: an incremental backup that finds the segment archived may rely on
+        // its summary being there already (one that is missing then means "lost", not "soon").
         self.summarize_pushed(&name, path);
-        Ok(outcome)
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
+            Some(s) => Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size }),
+            // Someone stored it between our check and our write: judge their copy like any other.
+            None => self.compare_with_archived(&name, path),
+        }
     }
 
-    /// Store the block-reference summary of a segment just archived, for incremental backups.
+    /// Store the block-reference summary of a segment being archived, for incremental backups.
     /// Never fails the push: archiving is what matters, and a missing summary only makes the
     /// next incremental backup read the files it cannot vouch for ([`Self::summary`] says so).
     fn summarize_pushed(&self, name: &WalFileName, path: &Path) {
         let WalFileName::Segment(pos) = name else { return };
         let result = (|| -> Result<(), String> {
-            // The file was just read: this comes from the page cache.
+            // The file was just checked: this comes from the page cache.
             let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
             let summary = self.summarize(*pos, &bytes, None).map_err(|e| e.to_string())?;
             let key = summary_key(name);

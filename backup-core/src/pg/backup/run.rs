@@ -49,8 +49,18 @@ pub struct BackupOptions {
     pub max_rate: u64,
     /// How long to wait, after `pg_backup_stop`, for the last WAL segment to reach the repository.
     pub wal_timeout: Duration,
-    /// See [`CopyOptions::check_wal_summaries`].
-    pub check_wal_summaries: bool,
+    pub wal_summaries: WalSummaries,
+}
+
+/// What an incremental backup does with the WAL summaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalSummaries {
+    /// Read only the pages they name, in the files they vouch for (the default).
+    Use,
+    /// Use them, and check them against a page scan: see [`CopyOptions::check_wal_summaries`].
+    Check,
+    /// Judge every page by its LSN, reading every file whole.
+    Ignore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,9 +154,13 @@ pub fn run_backup(
             let mut baseline = Baseline::of(choose_parent(&completed, timeline)?);
             // The WAL from the parent's start to ours names every page that changed: read
             // only those. Where its summaries fall short, every file is scanned instead.
-            match wal_changes(repo, pgdata, timeline, baseline.since, start_lsn) {
-                Ok(changes) => baseline.wal = Some(changes),
-                Err(why) => wal_unusable = Some(why),
+            if opts.wal_summaries == WalSummaries::Ignore {
+                wal_unusable = Some("not used, as asked".to_string());
+            } else {
+                match wal_changes(repo, pgdata, timeline, baseline.since, start_lsn) {
+                    Ok(changes) => baseline.wal = Some(changes),
+                    Err(why) => wal_unusable = Some(why),
+                }
             }
             Some(baseline)
         }
@@ -155,7 +169,7 @@ pub fn run_backup(
     let copy_opts =
         CopyOptions { workers: opts.workers, start_lsn, verify_checksums: opts.verify_checksums && data_checksums,
         max_rate: opts.max_rate,
-        check_wal_summaries: opts.check_wal_summaries,
+        check_wal_summaries: opts.wal_summaries == WalSummaries::Check,
     };
     let mut copied = copy_files(repo, id, scan.files, &copy_opts, baseline.as_ref(), progress, &mut || tick(Phase::Copying))?;
 
@@ -235,7 +249,7 @@ pub fn run_backup(
             files_from_wal: copied.files_from_wal,
             files_scanned: copied.files_scanned,
             wal_unusable,
-            wal_missed: opts.check_wal_summaries.then(|| std::mem::take(&mut copied.wal_missed)),
+            wal_missed: (opts.wal_summaries == WalSummaries::Check).then(|| std::mem::take(&mut copied.wal_missed)),
         }),
     };
     repo.backups().write_manifest(&manifest)?;

@@ -260,6 +260,9 @@ class Bench:
             "ours_rss": f"{TIME_BIN} -f %%M -a -o {self.push_rss_file} {ours}",
             "pgbackrest_sync": f"{self.pgbackrest} --config={self.br_conf_sync} --stanza={STANZA} archive-push %p",
             "pgbackrest_async": f"{self.pgbackrest} --config={self.br_conf_async} --stanza={STANZA} archive-push %p",
+            # the incremental section: every segment into both repositories, so that each tool
+            # has all the WAL between its backups (ours reads its block summaries from there)
+            "both": f"{ours} && {self.pgbackrest} --config={self.br_conf_sync} --stanza={STANZA} archive-push %p",
         }
 
     def set_archive(self, name, reload=True, settle=0.5):
@@ -827,7 +830,7 @@ class Bench:
         return doc["manifest"]
 
     def incremental_ours(self, rep, rnd, size, via):
-        self.prepare_backup("ours_rss")
+        self.prepare_backup("both")
         if via == "sql":
             secs, bid, probe = self.sql_backup("start_incremental")
             extra = {"worker_samples": probe["samples"], "worker_vmhwm_kb": probe["peak"]["VmHWM"],
@@ -868,7 +871,7 @@ class Bench:
         return r
 
     def incremental_pgbackrest(self, rep, rnd, size):
-        self.prepare_backup("pgbackrest_sync")
+        self.prepare_backup("both")
         m = self.run_measured([self.pgbackrest, f"--config={self.br_conf_sync}", f"--stanza={STANZA}", "backup",
                                "--type=incr"])
         info = json.loads(self.pgbr("info", "--output=json").stdout)
@@ -894,6 +897,14 @@ class Bench:
     def incremental_rep(self, rep):
         tag = f"rep {rep}/{self.args.reps}"
         last_ours = last_br = None
+        # Fresh bases, with every segment from here on archived into both repositories: the
+        # main section's backups each archive into their own tool's repository only, which
+        # leaves the other's WAL with holes an incremental would have to span.
+        self.prepare_backup("both")
+        secs, base_id, _probe = self.sql_backup("start_full")
+        self.pgbr("backup", "--type=full")
+        self.incr.setdefault("base", []).append({"rep": rep, "seconds": secs, "id": base_id})
+        log(f"incr    bases {tag}: ours {base_id} ({secs:.2f}s), pgBackRest full, archiving into both from here")
         for rnd in range(1, INCR_ROUNDS + 1):
             ch = self.change_rows(rnd)
             size = self.database_size()
@@ -915,7 +926,7 @@ class Bench:
             last_ours, last_br = r, rb
 
         # a full backup of the very state the last incremental saw, then both restored
-        self.prepare_backup("ours_rss")
+        self.prepare_backup("both")
         secs, full_id, _probe = self.sql_backup("start_full")
         man = self.our_manifest(full_id)
         self.incr["full_after_chain"].append({"rep": rep, "seconds": secs, "id": full_id,

@@ -66,3 +66,70 @@ pub fn cli_list(archiver: &Archiver, step: &str) -> Vec<Value> {
 pub fn cli_list_ids(archiver: &Archiver, step: &str) -> Vec<String> {
     cli_list(archiver, step).iter().map(|b| b["id"].as_str().unwrap_or("").to_string()).collect()
 }
+
+/// Fail at once, listing what is missing, when the installed extension lacks part of the SQL
+/// API (rather than with an obscure SQL error somewhere in the middle of a test).
+#[track_caller]
+pub fn require_sql_api(c: &Cluster) {
+    // (signature, what pg_get_function_result must say, or contain for list())
+    let functions: &[(&str, &[&str])] = &[
+        ("backup.start_full(boolean)", &["text"]),
+        ("backup.start_incremental(boolean)", &["text"]),
+        (
+            "backup.list()",
+            &[
+                "id text",
+                "type text",
+                "status text",
+                "start_lsn pg_lsn",
+                "stop_lsn pg_lsn",
+                "timeline integer",
+                "start_time timestamp with time zone",
+                "stop_time timestamp with time zone",
+                "size_bytes bigint",
+                "stored_bytes bigint",
+                "file_count bigint",
+                "duration interval",
+                "error text",
+                "parent text",
+                "chain_depth integer",
+                "changed_blocks bigint",
+            ],
+        ),
+        ("backup.get(text)", &["jsonb"]),
+        ("backup.verify(text)", &["jsonb"]),
+        ("backup.find(timestamptz)", &["text"]),
+        ("backup.delete(text,boolean)", &["void"]),
+        ("backup.resync()", &["integer"]),
+        ("backup.create_restore_point(text)", &["pg_lsn"]),
+    ];
+    let mut missing = Vec::new();
+    for (signature, result) in functions {
+        let got =
+            c.psql(&format!("SELECT coalesce(pg_get_function_result(to_regprocedure('{signature}')), '(missing)')"));
+        let ok = if result.len() == 1 { got == result[0] } else { result.iter().all(|col| got.contains(col)) };
+        if !ok {
+            missing.push(format!("function {signature} returning {}: found {got}", result.join(", ")));
+        }
+    }
+    let view = c.psql(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'backup' AND table_name = 'progress' \
+         AND column_name IN ('id', 'phase', 'bytes_done', 'bytes_total', 'rate_bytes_per_sec')",
+    );
+    if view != "5" {
+        missing.push("view backup.progress (id, phase, bytes_done, bytes_total, rate_bytes_per_sec)".into());
+    }
+    if c.psql("SELECT to_regclass('backup.backups') IS NOT NULL") != "t" {
+        missing.push("table backup.backups".into());
+    }
+    let present = c.psql(
+        "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1) FROM pg_proc p \
+         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'backup'",
+    );
+    assert!(
+        missing.is_empty(),
+        "pg_backup_ext as installed in the system PostgreSQL lacks part of the SQL API:\n  {}\n\
+         functions present in schema backup: {present}",
+        missing.join("\n  ")
+    );
+}

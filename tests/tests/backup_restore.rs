@@ -11,6 +11,7 @@
 //! The extension tests first check that every SQL object of the contract exists, so an
 //! unfinished extension fails them with one message listing what is missing.
 
+use e2e::workload::{absent_or_empty, cli_backup, is_backup_id, pg_tool, restore_cluster, restore_into, start_restored};
 use e2e::*;
 use serde_json::Value;
 use std::fs;
@@ -22,8 +23,6 @@ use std::time::Duration;
 const ARCHIVE_WAIT: Duration = Duration::from_secs(180);
 /// Upper bound for one backup started from SQL to finish.
 const BACKUP_WAIT: Duration = Duration::from_secs(300);
-/// Upper bound for a restored cluster to finish archive recovery and promote.
-const RECOVERY_WAIT: Duration = Duration::from_secs(300);
 
 /// The content of `ledger` in one line: row count, sum of `v`, and a digest of every
 /// (id, v) pair, so that one transaction more or less always shows.
@@ -68,24 +67,7 @@ fn stop_ledger_load(c: &Cluster, load: Background) {
     });
 }
 
-/// Whether `s` has the form `backup_YYYYMMDD_HHMMSS`.
-fn is_backup_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    s.len() == 22
-        && s.starts_with("backup_")
-        && b[15] == b'_'
-        && b[7..15].iter().chain(&b[16..22]).all(|c| c.is_ascii_digit())
-}
 
-/// `wal-archiver backup` of a running cluster; returns the new backup's id.
-#[track_caller]
-fn cli_backup(archiver: &Archiver, c: &Cluster, step: &str) -> String {
-    let r = archiver.run(&["backup", "--pgdata", c.pgdata.to_str().unwrap(), "--dbname", &c.conninfo()]);
-    r.assert_ok(&format!("{step}: wal-archiver backup"));
-    let id = r.stdout.split(':').next().unwrap_or("").trim().to_string();
-    assert!(is_backup_id(&id), "{step}: backup must print `backup_YYYYMMDD_HHMMSS: …`\n{r}");
-    id
-}
 
 /// `wal-archiver verify ID --output json`: the run and its parsed report.
 fn cli_verify(archiver: &Archiver, id: &str, step: &str) -> (RunResult, Value) {
@@ -95,45 +77,8 @@ fn cli_verify(archiver: &Archiver, id: &str, step: &str) -> (RunResult, Value) {
     (r, v)
 }
 
-/// `wal-archiver restore --pgdata DEST ARGS…`, as postgres.
-fn restore_into(archiver: &Archiver, dest: &Path, args: &[&str]) -> RunResult {
-    let mut all = vec!["restore", "--pgdata", dest.to_str().unwrap()];
-    all.extend_from_slice(args);
-    archiver.run(&all)
-}
 
-/// Restore into a new cluster directory; the restore must succeed and name the
-/// backup it used (`expect_backup`, when given) in its report.
-#[track_caller]
-fn restore_cluster(archiver: &Archiver, name: &str, args: &[&str], expect_backup: Option<&str>) -> Cluster {
-    let c = Cluster::unpopulated(name);
-    let r = restore_into(archiver, &c.pgdata, args);
-    r.assert_ok(&format!("{name}: wal-archiver restore {}", args.join(" ")));
-    if let Some(id) = expect_backup {
-        assert!(
-            r.stdout.contains(&format!("restored {id} ")),
-            "{name}: restore {} must use backup {id} (the newest consistent before the target)\n{r}",
-            args.join(" ")
-        );
-    }
-    for file in ["backup_label", "recovery.signal", "PG_VERSION", "global/pg_control"] {
-        assert!(c.pgdata.join(file).is_file(), "{name}: restore did not write {file}");
-    }
-    c
-}
 
-/// Start a restored cluster (its own socket and port, no archiving, no preloaded
-/// extension) and wait until recovery has reached its target and promoted.
-#[track_caller]
-fn start_restored(c: &Cluster) {
-    c.set(&[("archive_mode", "off"), ("shared_preload_libraries", "")]);
-    c.start();
-    wait_until(&format!("cluster {} to finish recovery and promote", c.name), RECOVERY_WAIT, || {
-        assert!(c.is_running(), "cluster {}: server stopped during recovery\n{}", c.name, c.log_tail(40));
-        let r = c.try_psql("SELECT pg_is_in_recovery()");
-        r.success() && r.stdout.trim() == "f"
-    });
-}
 
 /// The text of `postgresql.auto.conf` in `pgdata` (empty if missing).
 fn auto_conf(pgdata: &Path) -> String {
@@ -163,13 +108,6 @@ fn listing(dir: &Path) -> Vec<String> {
     out
 }
 
-/// Nothing at `dir`, or an empty directory.
-fn absent_or_empty(dir: &Path) -> bool {
-    match fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(_) => !dir.exists(),
-    }
-}
 
 /// The key of the largest data object of backup `id` in the repository
 /// (`backup/<id>/data/NNNNNN`).
@@ -179,12 +117,6 @@ fn largest_data_object(archiver: &Archiver, id: &str) -> String {
     objects.into_iter().max_by_key(|o| o.size).unwrap_or_else(|| panic!("no data objects under {prefix}")).key
 }
 
-/// Run a PostgreSQL client program (pg_amcheck, pg_checksums, …) as postgres.
-fn pg_tool(name: &str, args: &[&str]) -> RunResult {
-    let mut cmd = postgres_command(pg_bin(name));
-    cmd.args(args);
-    run(cmd, COMMAND_TIMEOUT)
-}
 
 // ---------------------------------------------------------------------------
 // 1. Point-in-time restore to times, LSNs, xids and names (command line only)
@@ -258,7 +190,7 @@ fn pitr_to_times_lsns_xids_and_names() {
     // Step 1: the first base backup, taken while small transactions keep committing.
     let load = start_ledger_load(&c);
     let before = ledger_count(&c);
-    let b1 = cli_backup(&archiver, &c, "step 1");
+    let b1 = cli_backup(&archiver, &c, false, "step 1");
     let after = ledger_count(&c);
     stop_ledger_load(&c, load);
     assert!(after > before, "step 1: the load committed nothing while the backup ran ({before} -> {after} rows)");
@@ -286,7 +218,7 @@ fn pitr_to_times_lsns_xids_and_names() {
     let mut w = Writer { c: &c, next_v: 0 };
     let mut targets = Vec::new();
     w.record_targets("A", &b1, &mut targets);
-    let b2 = cli_backup(&archiver, &c, "step 2");
+    let b2 = cli_backup(&archiver, &c, false, "step 2");
     assert_ne!(b1, b2, "step 2: two backups got the same id");
     assert_eq!(cli_list_ids(&archiver, "step 2"), vec![b1.clone(), b2.clone()], "step 2: list");
     w.record_targets("B", &b2, &mut targets);
@@ -360,7 +292,7 @@ fn restore_refusals_and_bad_input() {
     // No autovacuum: it could add a relation fork while (1) compares directory listings.
     let (archiver, c) = archiving_cluster("refuse", &[("autovacuum", "off")]);
     c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 10000) g");
-    let id = cli_backup(&archiver, &c, "setup");
+    let id = cli_backup(&archiver, &c, false, "setup");
     let dests = TestDir::new("refuse-dest");
     let fresh = |name: &str| dests.join(name);
 
@@ -442,7 +374,7 @@ fn restore_refusals_and_bad_input() {
 fn verify_names_a_flipped_object() {
     let (archiver, c) = archiving_cluster("verify", &[]);
     c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g");
-    let id = cli_backup(&archiver, &c, "setup");
+    let id = cli_backup(&archiver, &c, false, "setup");
 
     let (r, report) = cli_verify(&archiver, &id, "intact");
     assert_eq!(r.code, 0, "intact backup must verify with exit 0\n{r}");
@@ -480,70 +412,6 @@ fn sql_api_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
     (archiver, cluster)
 }
 
-#[track_caller]
-fn require_sql_api(c: &Cluster) {
-    // (signature, what pg_get_function_result must say, or contain for list())
-    let functions: &[(&str, &[&str])] = &[
-        ("backup.start_full(boolean)", &["text"]),
-        ("backup.start_incremental(boolean)", &["text"]),
-        (
-            "backup.list()",
-            &[
-                "id text",
-                "type text",
-                "status text",
-                "start_lsn pg_lsn",
-                "stop_lsn pg_lsn",
-                "timeline integer",
-                "start_time timestamp with time zone",
-                "stop_time timestamp with time zone",
-                "size_bytes bigint",
-                "stored_bytes bigint",
-                "file_count bigint",
-                "duration interval",
-                "error text",
-                "parent text",
-                "chain_depth integer",
-                "changed_blocks bigint",
-            ],
-        ),
-        ("backup.get(text)", &["jsonb"]),
-        ("backup.verify(text)", &["jsonb"]),
-        ("backup.find(timestamptz)", &["text"]),
-        ("backup.delete(text,boolean)", &["void"]),
-        ("backup.resync()", &["integer"]),
-        ("backup.create_restore_point(text)", &["pg_lsn"]),
-    ];
-    let mut missing = Vec::new();
-    for (signature, result) in functions {
-        let got =
-            c.psql(&format!("SELECT coalesce(pg_get_function_result(to_regprocedure('{signature}')), '(missing)')"));
-        let ok = if result.len() == 1 { got == result[0] } else { result.iter().all(|col| got.contains(col)) };
-        if !ok {
-            missing.push(format!("function {signature} returning {}: found {got}", result.join(", ")));
-        }
-    }
-    let view = c.psql(
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'backup' AND table_name = 'progress' \
-         AND column_name IN ('id', 'phase', 'bytes_done', 'bytes_total', 'rate_bytes_per_sec')",
-    );
-    if view != "5" {
-        missing.push("view backup.progress (id, phase, bytes_done, bytes_total, rate_bytes_per_sec)".into());
-    }
-    if c.psql("SELECT to_regclass('backup.backups') IS NOT NULL") != "t" {
-        missing.push("table backup.backups".into());
-    }
-    let present = c.psql(
-        "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1) FROM pg_proc p \
-         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'backup'",
-    );
-    assert!(
-        missing.is_empty(),
-        "pg_backup_ext as installed in the system PostgreSQL lacks part of the SQL API:\n  {}\n\
-         functions present in schema backup: {present}",
-        missing.join("\n  ")
-    );
-}
 
 /// Poll `backup.list()` until backup `id` is neither queued nor running; returns its
 /// final status and error. While it is not listed the poll goes on (the worker may not

@@ -28,52 +28,6 @@ const BACKUP_WAIT: Duration = Duration::from_secs(300);
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// Fail at once, listing what is missing, when the installed extension lacks part of the
-/// incremental backup API (rather than with an obscure SQL error somewhere in the middle).
-#[track_caller]
-fn require_incremental_api(c: &Cluster) {
-    let functions: &[(&str, &[&str])] = &[
-        ("backup.start_full(boolean)", &["text"]),
-        ("backup.start_incremental(boolean)", &["text"]),
-        (
-            "backup.list()",
-            &[
-                "id text",
-                "type text",
-                "status text",
-                "size_bytes bigint",
-                "stored_bytes bigint",
-                "parent text",
-                "chain_depth integer",
-                "changed_blocks bigint",
-            ],
-        ),
-        ("backup.get(text)", &["jsonb"]),
-        ("backup.verify(text)", &["jsonb"]),
-        ("backup.delete(text,boolean)", &["void"]),
-        ("backup.create_restore_point(text)", &["pg_lsn"]),
-        ("backup.resync()", &["integer"]),
-    ];
-    let mut missing = Vec::new();
-    for (signature, result) in functions {
-        let got =
-            c.psql(&format!("SELECT coalesce(pg_get_function_result(to_regprocedure('{signature}')), '(missing)')"));
-        let ok = if result.len() == 1 { got == result[0] } else { result.iter().all(|col| got.contains(col)) };
-        if !ok {
-            missing.push(format!("function {signature} returning {}: found {got}", result.join(", ")));
-        }
-    }
-    let present = c.psql(
-        "SELECT string_agg(p.oid::regprocedure::text, ', ' ORDER BY 1) FROM pg_proc p \
-         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'backup'",
-    );
-    assert!(
-        missing.is_empty(),
-        "pg_backup_ext as installed lacks part of the incremental backup API:\n  {}\n\
-         functions present in schema backup: {present}",
-        missing.join("\n  ")
-    );
-}
 
 /// `backup.start_full(wait => true)` or `backup.start_incremental(wait => true)`: must return
 /// the id of a backup that `backup.list()` then shows as completed.
@@ -383,7 +337,7 @@ fn check_restored(r: &Cluster, source: &Ledger, case: &Case, step: &str) {
 #[test]
 fn incremental_chain_under_load_restores_exactly() {
     let (archiver, c) = extension_cluster("incchain", &[]);
-    require_incremental_api(&c);
+    require_sql_api(&c);
 
     // Step 1: data, then every page frozen with its hint bits set, so that merely reading a
     // table later does not rewrite its pages (with data checksums a hint bit is WAL-logged and
@@ -644,7 +598,7 @@ fn incremental_past_one_gigabyte() {
 #[test]
 fn incremental_cli_and_refusals() {
     let (archiver, c) = extension_cluster("inccli", &[]);
-    require_incremental_api(&c);
+    require_sql_api(&c);
     c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 100000) g");
     // Hint bits set now: the first scan after the full backup would otherwise rewrite (and
     // WAL-log, with data checksums) every page of t, and the incrementals would hold all of it.
@@ -705,7 +659,7 @@ fn damaged_ancestor_and_delete_rules() {
     // No autovacuum: `big` must stay untouched after the full backup, so every incremental's
     // restore needs its object from the full one.
     let (archiver, c) = extension_cluster("incdamage", &[("autovacuum", "off")]);
-    require_incremental_api(&c);
+    require_sql_api(&c);
     c.psql("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 300000) g");
     c.psql("CREATE TABLE small (id int, v text)");
     c.psql("VACUUM (FREEZE) big");
@@ -803,7 +757,7 @@ const ACCOUNTS_FINGERPRINT: &str = "SELECT count(*) || ' rows, ' || sum(hashtext
 fn kill9_mid_incremental_keeps_chain() {
     // One copying thread; the interrupted incremental alone runs throttled.
     let (archiver, c) = extension_cluster("inckill", &[("backup.workers", "1")]);
-    require_incremental_api(&c);
+    require_sql_api(&c);
     c.pgbench(&["-i", "-s", "5", "-q"]);
     let full = sql_backup(&c, false, "full");
     c.psql("UPDATE pgbench_accounts SET filler = 'first' WHERE aid <= 1000");
@@ -992,7 +946,7 @@ fn wal_summaries_agree_with_a_page_scan_under_load() {
 #[test]
 fn summary_gap_falls_back_to_scan_and_says_so() {
     let (archiver, c) = extension_cluster("incgap", &[]);
-    require_incremental_api(&c);
+    require_sql_api(&c);
     c.psql("CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g");
     c.psql("VACUUM (FREEZE) t");
     sql_backup(&c, false, "step 1 (full)");

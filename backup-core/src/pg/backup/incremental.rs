@@ -12,17 +12,23 @@
 //! map (not WAL-logged), the visibility map (bits cleared without a new page LSN), init forks,
 //! and every non-relation file.
 //!
+//! Judging pages by their LSN means reading every page. Cheaper, when it is possible: the WAL
+//! from the parent's start to ours names every page that changed ([`wal_changes`], from the
+//! block summaries `push` stores beside each segment); a file whose changes the summaries
+//! vouch for is read only at those blocks. A file they cannot vouch for (created, truncated,
+//! dropped, its database copied) is judged by LSN; when the summaries do not cover the range at
+//! all, every file is.
+//!
 //! A restore ([`super::restore`]) takes each block from the newest backup in the chain that
-//! stored it, and checks the reconstructed file against the SHA-256 the backup recorded.
+//! stored it, and checks the reconstructed file against the SHA-256 the backup recorded (or,
+//! for a file read only where it changed, against its pages' checksums).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
-
-use std::path::Path;
 
 use super::manifest::{BackupId, FileEntry, Manifest};
 use super::page::{check_page, PageCheck, RELSEG_SIZE};
@@ -211,116 +217,221 @@ pub enum ReconstructError {
 }
 
 /// Write the file `layers` describe (newest first, as [`Chain::layers`] returns them) into
-/// `out`, which is empty, and check it against the newest layer's digest.
+/// `out`, which is empty, and check it.
 ///
-/// Each layer's stored stream is decoded once, in order; a block is written only by the newest
-/// layer holding it, so every block is written exactly once, at its place.
+/// Every layer's stored stream is decoded once, on its own thread, into a bounded queue of
+/// blocks; this thread merges the queues in block order, taking each block from the newest
+/// layer that has it, so the file is written front to back (the disk sees a sequential write,
+/// as for a full backup, not a scatter of 8 kB pages) and hashed as it is written.
 pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], page_checksums: bool, out: &File) -> Result<(), ReconstructError> {
     let target = layers[0];
-    let nblocks = target.size.div_ceil(DELTA_BLOCK);
-    let mut taken = vec![false; nblocks as usize];
-    for layer in layers {
-        let mut sink = BlockSink { out, size: target.size, taken: &mut taken, blocks: None, next_seq: 0, buf: Vec::with_capacity(DELTA_BLOCK as usize) };
-        let listed: Vec<u32>;
-        if let Some(d) = &layer.delta {
-            listed = d.blocks.iter().collect();
-            sink.blocks = Some(&listed);
-        }
-        let summary = repo.decode_file(layer, &mut sink)?;
-        sink.flush_block().map_err(ReconstructError::Write)?;
-        let expected = layer.delta.as_ref().map_or(layer.sha256, |d| d.stored_sha256);
-        if summary.trailer.sha256 != expected {
-            return Err(RepoError::codec(&layer.object, crate::codec::CodecError::Corrupt(format!("{} differs from the manifest", layer.path))).into());
-        }
-    }
-    out.set_len(target.size).map_err(ReconstructError::Write)?;
     let changed_only = target.delta.as_ref().is_some_and(|d| d.changed_only);
-    // Read back (from the page cache) and hash: the only proof that the layers fit together.
-    // A file whose backup read only its changed blocks has no whole-file digest: its pages'
-    // own checksums (which mix in the block number, so a block put in the wrong place fails
-    // too) are checked instead, when the cluster has them.
     let first_block = RelationFile::parse(&target.path).map_or(0, |f| f.segno * RELSEG_SIZE);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    loop {
-        let n = out.read_at(&mut buf, pos).map_err(ReconstructError::Write)?;
-        if n == 0 {
-            break;
-        }
-        if !changed_only {
-            hasher.update(&buf[..n]);
-        } else if page_checksums {
-            for (i, page) in buf[..n].chunks_exact(DELTA_BLOCK as usize).enumerate() {
-                let block = first_block + ((pos / DELTA_BLOCK) as u32) + i as u32;
-                // u64::MAX: no page may be excused as torn; these pages were written back whole.
-                if let PageCheck::Corrupt { expected, found } = check_page(page, block, u64::MAX) {
-                    let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                    return Err(ReconstructError::BadPage { path: target.path.clone(), block, expected, found, layers: names.join(" + ") });
+    let names = || ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" + ");
+    std::thread::scope(|scope| {
+        let mut cursors = Vec::new();
+        let mut decoders = Vec::new();
+        for layer in layers {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let listed: Option<Vec<u32>> = layer.delta.as_ref().map(|d| d.blocks.iter().collect());
+            decoders.push(scope.spawn(move || -> Result<(), ReconstructError> {
+                let mut sink = BlockQueue { tx, blocks: listed, next_seq: 0, batch: Batch::default(), partial: Vec::new() };
+                let summary = repo.decode_file(layer, &mut sink)?;
+                sink.finish().map_err(ReconstructError::Write)?;
+                let expected = layer.delta.as_ref().map_or(layer.sha256, |d| d.stored_sha256);
+                if summary.trailer.sha256 != expected {
+                    return Err(RepoError::codec(&layer.object, crate::codec::CodecError::Corrupt(format!("{} differs from the manifest", layer.path))).into());
                 }
+                Ok(())
+            }));
+            cursors.push(Cursor { rx, batch: Batch::default(), at: 0 });
+        }
+        let merged = merge(&mut cursors, target.size, out, changed_only && page_checksums, first_block);
+        // Stop the decoders still sending (a failed merge), then collect their verdicts: a
+        // decoder's own error explains a merge that ran dry.
+        drop(cursors);
+        let mut decode_error = None;
+        for d in decoders {
+            if let Err(e) = d.join().expect("decoder thread panicked") {
+                decode_error.get_or_insert(e);
             }
         }
-        pos += n as u64;
-    }
-    if changed_only {
-        return Ok(());
-    }
-    let found = Sha256Digest(hasher.finalize().into());
-    if found != target.sha256 {
-        let names: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        return Err(ReconstructError::Mismatch { path: target.path.clone(), layers: names.join(" + "), expected: target.sha256, found });
-    }
-    Ok(())
-}
-
-/// Receives one layer's decoded stream and writes the blocks no newer layer has written.
-struct BlockSink<'a> {
-    out: &'a File,
-    /// The restored file's size: blocks past it were truncated away after this layer.
-    size: u64,
-    taken: &'a mut Vec<bool>,
-    /// A delta's blocks, in stream order; `None`: the stream is the whole file.
-    blocks: Option<&'a [u32]>,
-    /// Index of the block being received, in stream order.
-    next_seq: usize,
-    buf: Vec<u8>,
-}
-
-impl BlockSink<'_> {
-    fn flush_block(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
+        let digest = match (merged, decode_error) {
+            (_, Some(e)) => return Err(e),
+            (Err(e), None) => return Err(e),
+            (Ok(d), None) => d,
+        };
+        if let Digest256::Bad { block, expected, found } = digest {
+            return Err(ReconstructError::BadPage { path: target.path.clone(), block, expected, found, layers: names() });
         }
+        if let (Digest256::File(found), false) = (digest, changed_only) {
+            if found != target.sha256 {
+                return Err(ReconstructError::Mismatch { path: target.path.clone(), layers: names(), expected: target.sha256, found });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// What the merge found: the file's digest, or the first page whose checksum failed.
+enum Digest256 {
+    File(Sha256Digest),
+    Bad { block: u32, expected: u16, found: u16 },
+}
+
+/// Write blocks `0..ceil(size / 8 kB)` of the file in order, each from the first (newest)
+/// cursor that has it.
+fn merge(cursors: &mut [Cursor], size: u64, out: &File, check_pages: bool, first_block: u32) -> Result<Digest256, ReconstructError> {
+    let nblocks = size.div_ceil(DELTA_BLOCK) as u32;
+    let mut hasher = Sha256::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut written = 0u64;
+    let mut writer = out;
+    for block in 0..nblocks {
+        let mut taken = false;
+        for cursor in cursors.iter_mut() {
+            match cursor.seek(block) {
+                Some(page) if !taken => {
+                    let len = (size - u64::from(block) * DELTA_BLOCK).min(DELTA_BLOCK) as usize;
+                    let page = &page[..len.min(page.len())];
+                    if check_pages && page.len() == DELTA_BLOCK as usize {
+                        // u64::MAX: no page is excused as torn; these were written back whole.
+                        if let PageCheck::Corrupt { expected, found } = check_page(page, first_block + block, u64::MAX) {
+                            return Ok(Digest256::Bad { block: first_block + block, expected, found });
+                        }
+                    }
+                    hasher.update(page);
+                    buf.extend_from_slice(page);
+                    taken = true;
+                }
+                _ => {}
+            }
+        }
+        if !taken {
+            return Err(ReconstructError::Write(io::Error::other(format!("block {block} is in none of the backups of the chain"))));
+        }
+        if buf.len() >= 1 << 20 {
+            writer.write_all(&buf).map_err(ReconstructError::Write)?;
+            written += buf.len() as u64;
+            buf.clear();
+        }
+    }
+    writer.write_all(&buf).map_err(ReconstructError::Write)?;
+    written += buf.len() as u64;
+    if written != size {
+        return Err(ReconstructError::Write(io::Error::other(format!("wrote {written} bytes, the file has {size}"))));
+    }
+    Ok(Digest256::File(Sha256Digest(hasher.finalize().into())))
+}
+
+/// Blocks of one layer, in block order: their numbers, and their bytes back to back (8 kB
+/// each; the file's last block may be shorter).
+#[derive(Default)]
+struct Batch {
+    blocks: Vec<u32>,
+    data: Vec<u8>,
+    /// Where each block's bytes end in `data`.
+    ends: Vec<usize>,
+}
+
+/// Blocks per batch sent from a decoder to the merge: half a megabyte.
+const BATCH_BLOCKS: usize = 64;
+
+/// The receiving end of one layer's queue, positioned at a block.
+struct Cursor {
+    rx: std::sync::mpsc::Receiver<Batch>,
+    batch: Batch,
+    at: usize,
+}
+
+impl Cursor {
+    /// Skip this layer's blocks before `block`; its bytes if it has `block` (and move past it).
+    fn seek(&mut self, block: u32) -> Option<&[u8]> {
+        loop {
+            if self.at == self.batch.blocks.len() {
+                self.batch = self.rx.recv().ok()?;
+                self.at = 0;
+                if self.batch.blocks.is_empty() {
+                    return None;
+                }
+            }
+            let b = self.batch.blocks[self.at];
+            if b > block {
+                return None;
+            }
+            self.at += 1;
+            if b == block {
+                let start = if self.at == 1 { 0 } else { self.batch.ends[self.at - 2] };
+                return Some(&self.batch.data[start..self.batch.ends[self.at - 1]]);
+            }
+        }
+    }
+}
+
+/// Receives one layer's decoded stream, cuts it into blocks, and queues them with their numbers.
+struct BlockQueue {
+    tx: std::sync::mpsc::SyncSender<Batch>,
+    /// A delta's blocks, in stream order; `None`: the stream is the whole file.
+    blocks: Option<Vec<u32>>,
+    /// Index of the next block to complete, in stream order.
+    next_seq: usize,
+    batch: Batch,
+    partial: Vec<u8>,
+}
+
+impl BlockQueue {
+    fn push_block(&mut self, bytes: &[u8]) -> io::Result<()> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let block = match self.blocks {
-            Some(list) => match list.get(seq) {
-                Some(b) => u64::from(*b),
-                None => return Err(io::Error::other(format!("stream holds more blocks than the {} listed", list.len()))),
-            },
-            None => seq as u64,
+        let block = match &self.blocks {
+            Some(list) => *list.get(seq).ok_or_else(|| io::Error::other(format!("stream holds more blocks than the {} listed", list.len())))?,
+            None => seq as u32,
         };
-        let at = block * DELTA_BLOCK;
-        if at < self.size && !self.taken[block as usize] {
-            self.taken[block as usize] = true;
-            let len = (self.size - at).min(self.buf.len() as u64) as usize;
-            self.out.write_all_at(&self.buf[..len], at)?;
+        self.batch.blocks.push(block);
+        self.batch.data.extend_from_slice(bytes);
+        self.batch.ends.push(self.batch.data.len());
+        if self.batch.blocks.len() == BATCH_BLOCKS {
+            self.send()?;
         }
-        self.buf.clear();
+        Ok(())
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        // The merge hung up: it failed, or needs nothing more from this layer.
+        self.tx.send(batch).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the merge stopped reading"))
+    }
+
+    /// The last, possibly short, block, and what is still batched.
+    fn finish(&mut self) -> io::Result<()> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.push_block(&last)?;
+        }
+        if !self.batch.blocks.is_empty() {
+            self.send()?;
+        }
         Ok(())
     }
 }
 
-impl Write for BlockSink<'_> {
+impl Write for BlockQueue {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut rest = data;
+        let block = DELTA_BLOCK as usize;
         while !rest.is_empty() {
-            let room = DELTA_BLOCK as usize - self.buf.len();
-            let n = room.min(rest.len());
-            self.buf.extend_from_slice(&rest[..n]);
+            if self.partial.is_empty() && rest.len() >= block {
+                let (whole, tail) = rest.split_at(block);
+                self.push_block(whole)?;
+                rest = tail;
+                continue;
+            }
+            let n = (block - self.partial.len()).min(rest.len());
+            self.partial.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
-            if self.buf.len() == DELTA_BLOCK as usize {
-                self.flush_block()?;
+            if self.partial.len() == block {
+                let full = std::mem::take(&mut self.partial);
+                self.push_block(&full)?;
             }
         }
         Ok(data.len())

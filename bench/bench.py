@@ -890,9 +890,21 @@ class Bench:
 
     def settle(self):
         """The same starting line before each timed restore: dirty pages written out (the
-        previous restore, the directory just removed), then a moment of quiet."""
-        self.run(["sync"], as_pg=False)
-        time.sleep(1.0)
+        previous restore, the directory just removed) until Dirty + Writeback in /proc/meminfo
+        stay under 16 MB, then two seconds of quiet: a bare `sync` and one second left the
+        restore that ran first in a rep ~2 s slower than the same restore run second."""
+        deadline = time.monotonic() + 60
+        while True:
+            self.run(["sync"], as_pg=False)
+            mem = {}
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    k, v = line.split(":", 1)
+                    mem[k] = int(v.split()[0])
+            if mem.get("Dirty", 0) + mem.get("Writeback", 0) < 16 * 1024 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        time.sleep(2.0)
 
     def incremental_rep(self, rep):
         tag = f"rep {rep}/{self.args.reps}"

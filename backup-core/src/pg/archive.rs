@@ -70,31 +70,54 @@ impl<'r> WalArchive<'r> {
         if objects.storage().exists(&objects.ctx(), &key).map_err(RepoError::from)? {
             return self.compare_with_archived(&name, path);
         }
-        // The summary first: an incremental backup that finds the segment archived may rely on
-        // its summary being there already (one that is missing then means "lost", not "soon").
-        self.summarize_pushed(&name, path);
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        match objects.put_object(&key, &mut reader, PutMode::IfAbsent)? {
-            Some(s) => Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size }),
+        // The block summary is made on a second thread while the segment uploads (decoding
+        // record headers is CPU only; the upload also waits on the store), and stored after it.
+        // A backup that finds the segment archived before its summary reads the segment from
+        // pg_wal, where the server keeps it at least until its next checkpoint.
+        let summarize = |_: usize| self.make_summary(&name, path);
+        let (stored, summary) = std::thread::scope(|scope| {
+            let summarizer = crate::threads::spawn_blocking_signals(scope, 1, &summarize).pop().expect("one thread");
+            let mut reader = BufReader::with_capacity(1 << 20, file);
+            let stored = objects.put_object(&key, &mut reader, PutMode::IfAbsent);
+            (stored, summarizer.join().expect("summarizer panicked"))
+        });
+        match stored? {
+            Some(s) => {
+                self.store_summary(&name, summary);
+                Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size })
+            }
             // Someone stored it between our check and our write: judge their copy like any other.
             None => self.compare_with_archived(&name, path),
         }
     }
 
-    /// Store the block-reference summary of a segment being archived, for incremental backups.
-    /// Never fails the push: archiving is what matters, and a missing summary only makes the
-    /// next incremental backup read the files it cannot vouch for ([`Self::summary`] says so).
-    fn summarize_pushed(&self, name: &WalFileName, path: &Path) {
-        let WalFileName::Segment(pos) = name else { return };
-        let result = (|| -> Result<(), String> {
-            // The file was just checked: this comes from the page cache.
-            let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-            let summary = self.summarize(*pos, &bytes, None).map_err(|e| e.to_string())?;
-            let key = summary_key(name);
-            self.repo.objects().put_object(&key, &mut &summary.to_bytes()[..], PutMode::Overwrite).map_err(|e| crate::error::report(&e))?;
-            Ok(())
-        })();
-        if let Err(e) = result {
+    /// The block-reference summary of a segment about to be archived, for incremental backups.
+    /// `None` for files that are not segments.
+    fn make_summary(&self, name: &WalFileName, path: &Path) -> Option<Result<SegmentSummary, String>> {
+        let WalFileName::Segment(pos) = name else { return None };
+        // The file was just checked: this comes from the page cache.
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        Some(self.summarize(*pos, &bytes, None).map_err(|e| e.to_string()))
+    }
+
+    /// Store a segment's summary. Never fails the push: archiving is what matters, and a
+    /// missing summary only makes the next incremental backup read the files it cannot vouch
+    /// for (it says so in its report).
+    fn store_summary(&self, name: &WalFileName, summary: Option<Result<SegmentSummary, String>>) {
+        let stored = match summary {
+            None => return,
+            Some(Ok(summary)) => self
+                .repo
+                .objects()
+                .put_object(&summary_key(name), &mut &summary.to_bytes()[..], PutMode::Overwrite)
+                .map(|_| ())
+                .map_err(|e| crate::error::report(&e)),
+            Some(Err(e)) => Err(e),
+        };
+        if let Err(e) = stored {
             eprintln!("wal-archiver: WARNING: {name} archived, but its block summary could not be stored ({e}); the next incremental backup reads the files it covers");
         }
     }
@@ -198,7 +221,7 @@ impl<'r> WalArchive<'r> {
             // A push that died between the segment and its summary is completed here.
             let objects = self.repo.objects();
             if name.carries_wal_pages() && !objects.storage().exists(&objects.ctx(), &summary_key(name)).unwrap_or(true) {
-                self.summarize_pushed(name, path);
+                self.store_summary(name, self.make_summary(name, path));
             }
             Ok(PushOutcome::AlreadyArchived)
         } else {

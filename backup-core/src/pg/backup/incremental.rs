@@ -91,15 +91,13 @@ pub fn wal_changes(repo: &PgRepo, pgdata: &Path, timeline: TimelineId, from: Lsn
         let name = WalFileName::Segment(pos);
         let summary = match repo.wal().stored_summary(pos).map_err(|e| crate::error::report(&e))? {
             Some(s) => s,
-            None if repo.objects().storage().exists(&repo.objects().ctx(), &name.object_key()).map_err(|e| crate::error::report(&e))? => {
-                return Err(format!("segment {name} is archived without a readable block summary (archived by an older version, or the summary was lost)"));
-            }
-            // Not archived yet: the segment the server is writing, read where it writes it.
+            // Not archived yet (the segment the server is writing), or archived a moment ago
+            // with its summary still on its way: read where the server writes it.
             None => repo
                 .wal()
                 .summarize_local(pos, &pgdata.join("pg_wal").join(name.to_string()), to)
                 .map_err(|e| format!("reading {name} in pg_wal: {e}"))?
-                .ok_or_else(|| format!("segment {name} is neither archived nor in pg_wal"))?,
+                .ok_or_else(|| format!("segment {name} has no block summary in the repository (archived by an older version, or the summary was lost) and is no longer in pg_wal"))?,
         };
         summaries.push(summary);
     }

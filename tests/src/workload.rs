@@ -417,3 +417,30 @@ pub fn absent_or_empty(dir: &Path) -> bool {
         Err(_) => !dir.exists(),
     }
 }
+
+/// Lines of the server log that contain `needle`.
+pub fn log_count(c: &Cluster, needle: &str) -> usize {
+    std::fs::read_to_string(&c.log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The pid of the background worker running backup `id`: the catalog's `worker_pid` if it
+/// has one, else the only `pg_backup_ext…` process in pg_stat_activity.
+#[track_caller]
+pub fn backup_worker_pid(c: &Cluster, id: &str) -> i32 {
+    let r = c.try_psql(&format!("SELECT worker_pid FROM backup.backups WHERE id = '{id}'"));
+    if let Some(pid) = r.success().then(|| r.stdout.trim().parse::<i32>().ok()).flatten() {
+        return pid;
+    }
+    let rows =
+        c.psql("SELECT pid || ' ' || backend_type FROM pg_stat_activity WHERE backend_type LIKE 'pg_backup_ext%'");
+    let pids: Vec<&str> = rows.lines().collect();
+    assert_eq!(pids.len(), 1, "backup {id}: expected one pg_backup_ext worker in pg_stat_activity, found {pids:?}");
+    pids[0].split(' ').next().unwrap().parse().unwrap()
+}
+
+/// `kill -9` a process of a cluster the test started.
+pub fn kill9(pid: i32, what: &str) {
+    // SAFETY: plain syscall; the process belongs to a cluster this test started.
+    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(r, 0, "kill -9 {what} (pid {pid}): {}", std::io::Error::last_os_error());
+}

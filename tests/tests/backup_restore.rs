@@ -11,7 +11,7 @@
 //! The extension tests first check that every SQL object of the contract exists, so an
 //! unfinished extension fails them with one message listing what is missing.
 
-use e2e::workload::{absent_or_empty, cli_backup, is_backup_id, pg_tool, restore_cluster, restore_into, start_restored};
+use e2e::workload::{absent_or_empty, backup_worker_pid, cli_backup, is_backup_id, kill9, log_count, pg_tool, restore_cluster, restore_into, start_restored};
 use e2e::*;
 use serde_json::Value;
 use std::fs;
@@ -566,10 +566,6 @@ fn sql_full_backup_under_load_and_restore() {
     assert!(ids_after.contains(&id1) && ids_after.contains(&id2), "step 7: {ids_after}");
 }
 
-/// Lines of the server log that contain `needle`.
-fn log_count(c: &Cluster, needle: &str) -> usize {
-    fs::read_to_string(&c.log).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
-}
 
 /// Start a backup from SQL and wait until it has copied something (but is still
 /// running); returns its id.
@@ -594,20 +590,6 @@ fn start_and_wait_for_copying(c: &Cluster, step: &str) -> String {
     id
 }
 
-/// The pid of the background worker running backup `id`: the catalog's `worker_pid`
-/// if it has one, else the only `pg_backup_ext…` process in pg_stat_activity.
-#[track_caller]
-fn backup_worker_pid(c: &Cluster, id: &str) -> i32 {
-    let r = c.try_psql(&format!("SELECT worker_pid FROM backup.backups WHERE id = '{id}'"));
-    if let Some(pid) = r.success().then(|| r.stdout.trim().parse::<i32>().ok()).flatten() {
-        return pid;
-    }
-    let rows =
-        c.psql("SELECT pid || ' ' || backend_type FROM pg_stat_activity WHERE backend_type LIKE 'pg_backup_ext%'");
-    let pids: Vec<&str> = rows.lines().collect();
-    assert_eq!(pids.len(), 1, "backup {id}: expected one pg_backup_ext worker in pg_stat_activity, found {pids:?}");
-    pids[0].split(' ').next().unwrap().parse().unwrap()
-}
 
 /// Processes whose parent is `ppid`.
 fn children_of(ppid: i32) -> Vec<i32> {
@@ -629,11 +611,6 @@ fn process_state(pid: i32) -> Option<char> {
     stat[stat.rfind(')')? + 2..].chars().next()
 }
 
-fn kill9(pid: i32, what: &str) {
-    // SAFETY: plain syscall; the process is part of a cluster this test started.
-    let r = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(r, 0, "kill -9 {what} (pid {pid}): {}", std::io::Error::last_os_error());
-}
 
 /// After an interruption: backup `id` must end up failed (or, with `may_vanish`,
 /// not listed), never completed, in the catalog, and must not be in the repository.

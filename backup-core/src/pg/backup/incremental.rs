@@ -522,7 +522,7 @@ mod tests {
         let layers = chain.layers(file)?;
         let path = dir.join("restored");
         let _ = std::fs::remove_file(&path);
-        let out = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&path).unwrap();
+        let out = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
         reconstruct(repo.objects(), &layers, &chain.ids(), false, &out)?;
         Ok(std::fs::read(&path).unwrap())
     }

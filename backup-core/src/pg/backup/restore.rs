@@ -67,7 +67,7 @@ pub enum RestoreError {
     #[error("writing {path}")]
     Write { path: String, #[source] cause: std::io::Error },
     #[error("restoring {path}")]
-    Reconstruct { path: String, #[source] cause: ReconstructError },
+    Reconstruct { path: String, #[source] cause: Box<ReconstructError> },
     #[error(transparent)]
     Repo(#[from] PgRepoError),
 }
@@ -261,7 +261,7 @@ fn restore_files(
 fn restore_one(repo: &PgRepo, chain: &Chain, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
     let path: PathBuf = pgdata.join(&file.path);
     if file.delta.is_some() {
-        let failed = |cause| RestoreError::Reconstruct { path: file.path.clone(), cause };
+        let failed = |cause: ReconstructError| RestoreError::Reconstruct { path: file.path.clone(), cause: Box::new(cause) };
         let layers = chain.layers(file).map_err(|e| failed(e.into()))?;
         let out = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(write_err(&path))?;
         let page_checksums = chain.target().data_checksums == Some(true);

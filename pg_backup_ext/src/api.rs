@@ -45,7 +45,7 @@ fn start_full(wait: default!(bool, false)) -> String {
 #[pg_extern(volatile)]
 fn start_incremental(wait: default!(bool, false)) -> String {
     // Said here, at once, rather than by a worker a moment later.
-    let completed = open_repo().backups().list().unwrap_or_else(|e| error!("{}", report(&e)));
+    let completed = open_repo().backups().completed_ids().unwrap_or_else(|e| error!("{}", report(&e)));
     if completed.is_empty() {
         error!("{}", report(&ChainError::NoBackup));
     }

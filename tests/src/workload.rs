@@ -24,7 +24,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{pg_bin, postgres_command, run, wait_until, Archiver, Background, Cluster, RunResult, COMMAND_TIMEOUT};
+use crate::{pg_bin, postgres_command, run, sql_status, wait_until, Archiver, Background, Cluster, RunResult, COMMAND_TIMEOUT};
 
 /// Upper bound for a restored cluster to finish archive recovery and promote.
 pub const RECOVERY_WAIT: Duration = Duration::from_secs(300);
@@ -443,4 +443,22 @@ pub fn kill9(pid: i32, what: &str) {
     // SAFETY: plain syscall; the process belongs to a cluster this test started.
     let r = unsafe { libc::kill(pid, libc::SIGKILL) };
     assert_eq!(r, 0, "kill -9 {what} (pid {pid}): {}", std::io::Error::last_os_error());
+}
+
+/// `backup.start_full(wait => true)` or `backup.start_incremental(wait => true)`: must return
+/// the id of a backup that `backup.list()` then shows as completed.
+#[track_caller]
+pub fn sql_backup(c: &Cluster, incremental: bool, step: &str) -> String {
+    let function = if incremental { "start_incremental" } else { "start_full" };
+    let r = c.try_psql(&format!("SELECT backup.{function}(wait => true)"));
+    assert!(r.success(), "{step}: backup.{function}(wait => true) failed\n{r}\n--- server log ---\n{}", c.log_tail(30));
+    let id = r.stdout.trim().to_string();
+    assert!(is_backup_id(&id), "{step}: backup.{function}(wait => true) returned {id:?}");
+    let status = sql_status(c, &id);
+    assert_eq!(
+        status.as_ref().map(|(s, _)| s.as_str()),
+        Some("completed"),
+        "{step}: after backup.{function}(wait => true) returned, {id} is {status:?}"
+    );
+    id
 }

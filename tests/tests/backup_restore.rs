@@ -11,7 +11,10 @@
 //! The extension tests first check that every SQL object of the contract exists, so an
 //! unfinished extension fails them with one message listing what is missing.
 
-use e2e::workload::{absent_or_empty, backup_worker_pid, cli_backup, is_backup_id, kill9, log_count, pg_tool, restore_cluster, restore_into, start_restored};
+use e2e::workload::{
+    absent_or_empty, backup_worker_pid, cli_backup, is_backup_id, kill9, log_count, pg_tool, restore_cluster, restore_into, sql_backup,
+    start_restored,
+};
 use e2e::*;
 use serde_json::Value;
 use std::fs;
@@ -452,16 +455,7 @@ fn wait_backup_settled(
 /// verifies, and the repository must list it.
 #[track_caller]
 fn sql_backup_and_check(c: &Cluster, archiver: &Archiver, step: &str) -> String {
-    let r = c.try_psql("SELECT backup.start_full(wait => true)");
-    assert!(r.success(), "{step}: backup.start_full(wait => true) failed\n{r}\n--- server log ---\n{}", c.log_tail(30));
-    let id = r.stdout.trim().to_string();
-    assert!(is_backup_id(&id), "{step}: start_full(wait => true) returned {id:?}");
-    let status = sql_status(c, &id);
-    assert_eq!(
-        status.as_ref().map(|(s, _)| s.as_str()),
-        Some("completed"),
-        "{step}: after start_full(wait => true) returned, {id} is {status:?}"
-    );
+    let id = sql_backup(c, false, step);
     let verify = sql_json(c, &format!("SELECT backup.verify('{id}')"));
     assert_eq!(verify["ok"], true, "{step}: backup.verify('{id}'): {verify:#}");
     assert!(cli_list_ids(archiver, step).contains(&id), "{step}: wal-archiver list does not list {id}");

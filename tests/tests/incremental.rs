@@ -29,24 +29,6 @@ const BACKUP_WAIT: Duration = Duration::from_secs(300);
 // ---------------------------------------------------------------------------
 
 
-/// `backup.start_full(wait => true)` or `backup.start_incremental(wait => true)`: must return
-/// the id of a backup that `backup.list()` then shows as completed.
-#[track_caller]
-fn sql_backup(c: &Cluster, incremental: bool, step: &str) -> String {
-    let function = if incremental { "start_incremental" } else { "start_full" };
-    let r = c.try_psql(&format!("SELECT backup.{function}(wait => true)"));
-    assert!(r.success(), "{step}: backup.{function}(wait => true) failed\n{r}\n--- server log ---\n{}", c.log_tail(30));
-    let id = r.stdout.trim().to_string();
-    assert!(is_backup_id(&id), "{step}: backup.{function}(wait => true) returned {id:?}");
-    let status = sql_status(c, &id);
-    assert_eq!(
-        status.as_ref().map(|(s, _)| s.as_str()),
-        Some("completed"),
-        "{step}: after backup.{function}(wait => true) returned, {id} is {status:?}"
-    );
-    id
-}
-
 /// One completed backup as `backup.list()` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ListRow {

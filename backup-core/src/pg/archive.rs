@@ -96,11 +96,7 @@ impl<'r> WalArchive<'r> {
     fn make_summary(&self, name: &WalFileName, path: &Path) -> Option<Result<SegmentSummary, String>> {
         let WalFileName::Segment(pos) = name else { return None };
         // The file was just checked: this comes from the page cache.
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        Some(self.summarize(*pos, &bytes, None).map_err(|e| e.to_string()))
+        Some(self.summarize_file(*pos, path, None).and_then(|s| s.ok_or_else(|| format!("{} vanished", path.display()))))
     }
 
     /// Store a segment's summary. Never fails the push: archiving is what matters, and a
@@ -156,15 +152,16 @@ impl<'r> WalArchive<'r> {
         Ok(Some(summary))
     }
 
-    /// Summary of a segment still in the server's `pg_wal` (not archived yet: the one being
-    /// written), up to `stop_at`.
-    pub fn summarize_local(&self, pos: SegmentPos, path: &Path, stop_at: Lsn) -> Result<Option<SegmentSummary>, std::io::Error> {
+    /// Summary of segment `pos` read from the file at `path` (being pushed, or still in the
+    /// server's `pg_wal`), of the records starting before `stop_at` if given. `Ok(None)`: no
+    /// such file.
+    pub fn summarize_file(&self, pos: SegmentPos, path: &Path, stop_at: Option<Lsn>) -> Result<Option<SegmentSummary>, String> {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            Err(e) => return Err(format!("reading {}: {e}", path.display())),
         };
-        Ok(self.summarize(pos, &bytes, Some(stop_at)).ok())
+        self.summarize(pos, &bytes, stop_at).map(Some).map_err(|e| e.to_string())
     }
 
     /// The newest restore point named `name` in the archived WAL (`pg_create_restore_point`

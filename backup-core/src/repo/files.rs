@@ -98,16 +98,6 @@ impl BlockList {
         }
         list
     }
-
-    pub fn contains(&self, block: u32) -> bool {
-        let i = self.0.partition_point(|&(_, end)| end <= block);
-        self.0.get(i).is_some_and(|&(start, _)| start <= block)
-    }
-
-    /// Sorted, disjoint and non-empty ranges: what a manifest read back must hold.
-    pub fn is_well_formed(&self) -> bool {
-        self.0.iter().all(|(s, e)| s < e) && self.0.windows(2).all(|w| w[0].1 < w[1].0)
-    }
 }
 
 /// What a file is, before it is stored.

@@ -263,11 +263,11 @@ impl Worker<'_> {
                 // Most of it changed: stored whole, a restore then needs no older layer of it
                 // (a chain of mostly-rewritten deltas costs a restore each layer's decoding,
                 // for little saving in space). Read whole, its digest is known again.
-                let blocks_now = handle.metadata().map(|m| m.len().div_ceil(BLCKSZ as u64)).unwrap_or(0);
-                if changed.len() as u64 <= blocks_now / WHOLE_FILE_ABOVE {
-                    return self.copy_blocks(file, handle, parent_size, changed, &mut out.page_failures).map(Some);
+                let size = handle.metadata().map_err(|e| CopyError::Read { path: file.abs.display().to_string(), cause: e })?.len();
+                if changed.len() as u64 <= size.div_ceil(BLCKSZ as u64) / WHOLE_FILE_ABOVE {
+                    return self.copy_blocks(file, handle, size, parent_size, changed, &mut out.page_failures).map(Some);
                 }
-                return self.copy_whole(file, handle, &mut out.page_failures).map(Some);
+                return self.copy_read(file, handle, None, &mut out.page_failures).map(Some);
             }
             out.files_scanned += 1;
         }
@@ -278,11 +278,6 @@ impl Worker<'_> {
             blocks: BlockList::default(),
         });
         self.copy_read(file, handle, delta, &mut out.page_failures).map(Some)
-    }
-
-    /// Store a file whole.
-    fn copy_whole(&mut self, file: &SourceFile, handle: File, failures: &mut Vec<PageFailure>) -> Result<FileEntry, CopyError> {
-        self.copy_read(file, handle, None, failures)
     }
 
     /// Read a file through, storing it whole or (with `delta`) its pages changed since the parent.
@@ -317,9 +312,8 @@ impl Worker<'_> {
     /// Store only `changed` blocks of a relation file (those the WAL named since the parent)
     /// and any block past the parent's copy, read where they are: the rest of the file is not
     /// read at all.
-    fn copy_blocks(&mut self, file: &SourceFile, handle: File, parent_size: u64, changed: Vec<u32>, failures: &mut Vec<PageFailure>) -> Result<FileEntry, CopyError> {
-        let read_err = |e: io::Error| CopyError::Read { path: file.abs.display().to_string(), cause: e };
-        let size = handle.metadata().map_err(read_err)?.len();
+    #[allow(clippy::too_many_arguments)]
+    fn copy_blocks(&mut self, file: &SourceFile, handle: File, size: u64, parent_size: u64, changed: Vec<u32>, failures: &mut Vec<PageFailure>) -> Result<FileEntry, CopyError> {
         let now_blocks = size.div_ceil(BLCKSZ as u64) as u32;
         let parent_blocks = parent_size.div_ceil(BLCKSZ as u64) as u32;
         let mut blocks: Vec<u32> = changed.into_iter().filter(|b| *b < now_blocks).chain(parent_blocks.min(now_blocks)..now_blocks).collect();
@@ -330,6 +324,8 @@ impl Worker<'_> {
             size,
             blocks: &blocks,
             next: 0,
+            page: Vec::new(),
+            served: 0,
             first_block: if self.opts.verify_checksums { file.first_block } else { None },
             rel: &file.rel,
             start_lsn: self.opts.start_lsn.0,
@@ -378,6 +374,9 @@ struct BlockReader<'a> {
     size: u64,
     blocks: &'a [u32],
     next: usize,
+    /// The block being served, and how much of it has been.
+    page: Vec<u8>,
+    served: usize,
     first_block: Option<u32>,
     rel: &'a str,
     start_lsn: u64,
@@ -407,33 +406,29 @@ impl BlockReader<'_> {
 }
 
 impl Read for BlockReader<'_> {
-    /// One page per call, into the caller's buffer (the codec asks for a megabyte at a time).
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.is_cancelled() {
-            return Err(io::Error::other(CancelMarker));
-        }
-        let Some(&block) = self.blocks.get(self.next) else { return Ok(0) };
-        let len = (self.size - u64::from(block) * BLCKSZ as u64).min(BLCKSZ as u64) as usize;
-        if out.len() < len {
-            // Never the codec's case; a small buffer gets a copy through a page.
-            let mut page = vec![0u8; len];
-            let n = self.read(&mut page)?;
-            out.copy_from_slice(&page[..out.len()]);
-            return Ok(n.min(out.len()));
-        }
-        self.next += 1;
-        self.read_block(block, &mut out[..len])?;
-        if let (Some(first), true) = (self.first_block, len == BLCKSZ) {
-            let blkno = first + block;
-            if !matches!(check_page(&out[..len], blkno, self.start_lsn), PageCheck::Valid | PageCheck::New) {
-                // Perhaps being written as we read it: once more.
-                self.read_block(block, &mut out[..len])?;
-                if let PageCheck::Corrupt { expected, found } = check_page(&out[..len], blkno, self.start_lsn) {
-                    self.failures.push(PageFailure { path: self.rel.to_string(), block: blkno, expected, found });
+        if self.served == self.page.len() {
+            if self.cancel.is_cancelled() {
+                return Err(io::Error::other(CancelMarker));
+            }
+            let Some(&block) = self.blocks.get(self.next) else { return Ok(0) };
+            self.next += 1;
+            let len = (self.size - u64::from(block) * BLCKSZ as u64).min(BLCKSZ as u64) as usize;
+            let mut page = std::mem::take(&mut self.page);
+            page.resize(len, 0);
+            self.read_block(block, &mut page)?;
+            if let (Some(first), true) = (self.first_block, len == BLCKSZ) {
+                let at = u64::from(block) * BLCKSZ as u64;
+                if let Some(f) = verify_page(&self.file, &mut page, at, first + block, self.start_lsn, self.rel) {
+                    self.failures.push(f);
                 }
             }
+            (self.page, self.served) = (page, 0);
         }
-        Ok(len)
+        let n = out.len().min(self.page.len() - self.served);
+        out[..n].copy_from_slice(&self.page[self.served..self.served + n]);
+        self.served += n;
+        Ok(n)
     }
 }
 
@@ -479,10 +474,10 @@ impl DeltaState {
             // A page not yet initialised (all zeros) carries no LSN to judge by; a partial page
             // (the file growing as we read) neither. Both are cheap to store, and wrong to skip:
             // the parent may hold older content for that block (a truncated, re-extended file).
-            let changed = block >= self.parent_blocks
-                || page.len() < BLCKSZ
-                || PageHeader::parse(page).upper == 0
-                || PageHeader::parse(page).lsn >= self.since;
+            let changed = block >= self.parent_blocks || page.len() < BLCKSZ || {
+                let header = PageHeader::parse(page);
+                header.upper == 0 || header.lsn >= self.since
+            };
             if changed {
                 self.blocks.push(block as u32);
                 data.copy_within(off..end, kept);
@@ -565,23 +560,28 @@ impl SourceReader<'_> {
         for off in (0..whole).step_by(BLCKSZ) {
             let file_off = self.pos + off as u64;
             let blkno = first_block + (file_off / BLCKSZ as u64) as u32;
-            match check_page(&data[off..off + BLCKSZ], blkno, self.start_lsn) {
-                PageCheck::Valid | PageCheck::New => {}
-                PageCheck::Torn | PageCheck::Corrupt { .. } => {
-                    let mut again = vec![0u8; BLCKSZ];
-                    if self.file.read_exact_at(&mut again, file_off).is_ok() {
-                        match check_page(&again, blkno, self.start_lsn) {
-                            PageCheck::Valid | PageCheck::New | PageCheck::Torn => {
-                                data[off..off + BLCKSZ].copy_from_slice(&again);
-                                continue;
-                            }
-                            PageCheck::Corrupt { expected, found } => {
-                                self.failures.push(PageFailure { path: self.rel.to_string(), block: blkno, expected, found });
-                            }
-                        }
-                    }
-                }
+            if let Some(f) = verify_page(&self.file, &mut data[off..off + BLCKSZ], file_off, blkno, self.start_lsn, self.rel) {
+                self.failures.push(f);
             }
+        }
+    }
+}
+
+/// Check one page read from `file` at `file_off`; a page that fails is read again once and
+/// replaced by the new read unless that is corrupt too (the server may have been writing it as
+/// we read it). Returns the failure of a page that is corrupt on both reads.
+fn verify_page(file: &File, page: &mut [u8], file_off: u64, blkno: u32, start_lsn: u64, rel: &str) -> Option<PageFailure> {
+    if matches!(check_page(page, blkno, start_lsn), PageCheck::Valid | PageCheck::New) {
+        return None;
+    }
+    let mut again = vec![0u8; BLCKSZ];
+    // Gone since (a truncation): WAL replay repeats it; keep what was read.
+    file.read_exact_at(&mut again, file_off).ok()?;
+    match check_page(&again, blkno, start_lsn) {
+        PageCheck::Corrupt { expected, found } => Some(PageFailure { path: rel.to_string(), block: blkno, expected, found }),
+        PageCheck::Valid | PageCheck::New | PageCheck::Torn => {
+            page.copy_from_slice(&again);
+            None
         }
     }
 }

@@ -31,7 +31,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{BackupId, FileEntry, Manifest};
-use super::page::{check_page, PageCheck, RELSEG_SIZE};
+use super::page::{check_page, PageCheck};
 use crate::codec::Sha256Digest;
 use crate::pg::wal::{Lsn, SegmentPos, TimelineId, WalFileName};
 use crate::pg::walsummary::{changed_between, ChangedBlocks, RelationFile};
@@ -95,8 +95,7 @@ pub fn wal_changes(repo: &PgRepo, pgdata: &Path, timeline: TimelineId, from: Lsn
             // with its summary still on its way: read where the server writes it.
             None => repo
                 .wal()
-                .summarize_local(pos, &pgdata.join("pg_wal").join(name.to_string()), to)
-                .map_err(|e| format!("reading {name} in pg_wal: {e}"))?
+                .summarize_file(pos, &pgdata.join("pg_wal").join(name.to_string()), Some(to))?
                 .ok_or_else(|| format!("segment {name} has no block summary in the repository (archived by an older version, or the summary was lost) and is no longer in pg_wal"))?,
         };
         summaries.push(summary);
@@ -120,22 +119,23 @@ pub enum ChainError {
 /// timeline whose whole chain is in the repository. `completed` is oldest first.
 pub fn choose_parent(completed: &[Manifest], timeline: TimelineId) -> Result<&Manifest, ChainError> {
     let newest = completed.last().ok_or(ChainError::NoBackup)?;
-    completed.iter().rev().filter(|m| m.timeline == timeline).find(|m| chain_ids(completed, m).is_ok()).ok_or_else(|| {
+    let intact = intact_chains(completed);
+    completed.iter().rev().filter(|m| m.timeline == timeline).find(|m| intact.contains(&m.id)).ok_or_else(|| {
         ChainError::OtherTimeline { timeline, newest: newest.id.clone(), newest_timeline: newest.timeline }
     })
 }
 
-/// The ids of `m`'s chain, its full backup first and `m` last, from the manifests at hand.
-pub fn chain_ids(completed: &[Manifest], m: &Manifest) -> Result<Vec<BackupId>, ChainError> {
-    let by_id: HashMap<&BackupId, &Manifest> = completed.iter().map(|b| (&b.id, b)).collect();
-    let mut ids = vec![m.id.clone()];
-    let mut cur = m;
-    while let Some(parent) = &cur.parent {
-        cur = by_id.get(parent).ok_or_else(|| ChainError::MissingAncestor { id: m.id.clone(), missing: parent.clone() })?;
-        ids.push(cur.id.clone());
+/// The backups of `completed` (oldest first) whose every ancestor is among them: those a
+/// restore can rebuild.
+pub fn intact_chains(completed: &[Manifest]) -> std::collections::HashSet<&BackupId> {
+    let mut intact = std::collections::HashSet::new();
+    // A parent is older than its child: one pass in order settles every chain.
+    for m in completed {
+        if m.parent.as_ref().is_none_or(|p| intact.contains(p)) {
+            intact.insert(&m.id);
+        }
     }
-    ids.reverse();
-    Ok(ids)
+    intact
 }
 
 /// Backups that depend on `id` (its descendants), newest first: the order to delete them in.
@@ -224,7 +224,7 @@ pub enum ReconstructError {
 pub fn reconstruct(repo: &Repository, layers: &[&FileEntry], ids: &[&BackupId], page_checksums: bool, out: &File) -> Result<(), ReconstructError> {
     let target = layers[0];
     let changed_only = target.delta.as_ref().is_some_and(|d| d.changed_only);
-    let first_block = RelationFile::parse(&target.path).map_or(0, |f| f.segno * RELSEG_SIZE);
+    let first_block = RelationFile::parse(&target.path).map_or(0, |f| f.block_span().0 as u32);
     let names = || ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" + ");
     std::thread::scope(|scope| {
         let mut cursors = Vec::new();
@@ -573,12 +573,12 @@ mod tests {
         assert_eq!(choose_parent(&all, TimelineId(2)).unwrap().id, other_tl.id);
         assert!(matches!(choose_parent(&all, TimelineId(3)), Err(ChainError::OtherTimeline { .. })));
         assert!(matches!(choose_parent(&[], TimelineId(1)), Err(ChainError::NoBackup)));
-        assert_eq!(chain_ids(&all, &inc2).unwrap(), vec![full.id.clone(), inc1.id.clone(), inc2.id.clone()]);
+        assert!(intact_chains(&all).contains(&inc2.id));
         assert_eq!(dependants(&all, &full.id), vec![inc2.id.clone(), inc1.id.clone()]);
         assert!(dependants(&all, &inc2.id).is_empty());
-        // Without inc1, inc2's chain is broken: it is not a parent, and says what is missing.
+        // Without inc1, inc2's chain is broken: it is neither intact nor a parent.
         let broken = vec![full.clone(), inc2.clone()];
         assert_eq!(choose_parent(&broken, TimelineId(1)).unwrap().id, full.id);
-        assert!(matches!(chain_ids(&broken, &inc2), Err(ChainError::MissingAncestor { missing, .. }) if missing == inc1.id));
+        assert!(!intact_chains(&broken).contains(&inc2.id));
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::incremental::{chain_ids, dependants, Chain, ChainError};
+use super::incremental::{dependants, intact_chains, Chain, ChainError};
 use super::manifest::{BackupId, Manifest, MANIFEST_FORMAT};
 use crate::codec;
 use crate::error::report as report_chain;
@@ -108,6 +108,18 @@ impl<'r> Backups<'r> {
     /// Completed backups and the leftovers of failed ones, from one listing of `backup/` and
     /// one manifest check per backup: never a listing of their data objects.
     pub fn inventory(&self) -> Result<Inventory, PgRepoError> {
+        let (complete, incomplete) = self.ids()?;
+        let completed = complete.iter().map(|id| self.read_manifest(id)).collect::<Result<_, _>>()?;
+        Ok(Inventory { completed, incomplete })
+    }
+
+    /// The ids of completed backups (oldest first), without reading their manifests.
+    pub fn completed_ids(&self) -> Result<Vec<BackupId>, PgRepoError> {
+        Ok(self.ids()?.0)
+    }
+
+    /// Completed backup ids (sorted) and the names of incomplete ones.
+    fn ids(&self) -> Result<(Vec<BackupId>, Vec<String>), PgRepoError> {
         let storage = self.objects().storage();
         let ctx = self.objects().ctx();
         let (mut complete, mut incomplete) = (Vec::new(), Vec::new());
@@ -119,8 +131,7 @@ impl<'r> Backups<'r> {
             }
         }
         complete.sort();
-        let completed = complete.iter().map(|id| self.read_manifest(id)).collect::<Result<_, _>>()?;
-        Ok(Inventory { completed, incomplete })
+        Ok((complete, incomplete))
     }
 
     /// The backup to restore from to reach `target`: the newest one that is consistent
@@ -128,7 +139,8 @@ impl<'r> Backups<'r> {
     pub fn find(&self, target: &RecoveryTarget) -> Result<Manifest, PgRepoError> {
         let all = self.list()?;
         // An incremental whose chain lost a member cannot be restored: never pick it.
-        let backups: Vec<Manifest> = all.iter().filter(|m| chain_ids(&all, m).is_ok()).cloned().collect();
+        let intact = intact_chains(&all);
+        let backups: Vec<Manifest> = all.iter().filter(|m| intact.contains(&m.id)).cloned().collect();
         let none = |why: String| PgRepoError::NoBackupForTarget(why);
         if backups.is_empty() {
             return Err(none(format!("repository {} holds no completed backup", self.repo.location())));

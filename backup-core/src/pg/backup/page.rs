@@ -6,8 +6,6 @@
 //! folded into 1..=65535.
 
 pub const BLCKSZ: usize = 8192;
-/// Blocks per relation segment file (`RELSEG_SIZE`, 1 GB of 8 kB pages).
-pub const RELSEG_SIZE: u32 = 131072;
 
 const N_SUMS: usize = 32;
 const FNV_PRIME: u32 = 16777619;

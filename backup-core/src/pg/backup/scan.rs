@@ -7,6 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::manifest::{DirEntry, Tablespace};
+use crate::pg::walsummary::{Fork, RelationFile};
 
 /// Directories whose contents are recreated empty by the server (or are meaningless in a copy).
 const EXCLUDED_DIR_CONTENTS: &[&str] =
@@ -123,9 +124,9 @@ fn walk(dir: &Path, rel: &str, scan: &mut Scan) -> std::io::Result<()> {
                     continue; // unlogged relation: only its init fork survives a restore
                 }
             }
-            let node = if is_relation_dir(rel) { relation_node(&name) } else { None };
-            let first_block = node.as_ref().map(|n| n.segment.saturating_mul(super::page::RELSEG_SIZE));
-            let paged = node.as_ref().is_some_and(|n| n.fork.is_none());
+            let relation = RelationFile::parse(&child_rel);
+            let first_block = relation.map(|r| r.block_span().0 as u32);
+            let paged = relation.is_some_and(|r| r.fork == Fork::Main);
             scan.files.push(SourceFile {
                 rel: child_rel,
                 abs: entry.path(),
@@ -144,21 +145,20 @@ fn walk(dir: &Path, rel: &str, scan: &mut Scan) -> std::io::Result<()> {
 struct RelationNode<'a> {
     filenode: &'a str,
     fork: Option<&'a str>,
-    segment: u32,
 }
 
 /// `16384`, `16384_fsm`, `16384.2`, `16384_vm.1`, `16384_init`.
 fn relation_node(name: &str) -> Option<RelationNode<'_>> {
-    let (base, segment) = match name.split_once('.') {
-        Some((b, s)) => (b, s.parse().ok()?),
-        None => (name, 0),
+    let base = match name.split_once('.') {
+        Some((b, segment)) => segment.parse::<u32>().ok().map(|_| b)?,
+        None => name,
     };
     let (filenode, fork) = match base.split_once('_') {
         Some((n, f)) if ["fsm", "vm", "init"].contains(&f) => (n, Some(f)),
         Some(_) => return None,
         None => (base, None),
     };
-    (!filenode.is_empty() && filenode.bytes().all(|b| b.is_ascii_digit())).then_some(RelationNode { filenode, fork, segment })
+    (!filenode.is_empty() && filenode.bytes().all(|b| b.is_ascii_digit())).then_some(RelationNode { filenode, fork })
 }
 
 fn unlogged_relations(names: &HashSet<String>) -> HashSet<String> {
@@ -170,18 +170,6 @@ fn is_temp_relation(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('t') else { return false };
     let Some((backend, node)) = rest.split_once('_') else { return false };
     !backend.is_empty() && backend.bytes().all(|b| b.is_ascii_digit()) && relation_node(node).is_some()
-}
-
-/// Directories holding relation files with page checksums: `global`, `base/<db>`, and
-/// `pg_tblspc/<oid>/PG_<ver>_<catver>/<db>`.
-fn is_relation_dir(rel: &str) -> bool {
-    let parts: Vec<&str> = rel.split('/').collect();
-    match parts.as_slice() {
-        ["global"] => true,
-        ["base", db] => db.bytes().all(|b| b.is_ascii_digit()),
-        ["pg_tblspc", _, ver, db] => ver.starts_with("PG_") && db.bytes().all(|b| b.is_ascii_digit()),
-        _ => false,
-    }
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ fn get(id: &str) -> JsonB {
 fn manifest_json(m: &Manifest) -> serde_json::Value {
     json!({
         "type": m.kind, "parent": m.parent, "chain_depth": m.chain_depth,
-        "changed_blocks": m.parent.as_ref().map(|_| m.stats.changed_blocks), "bytes_read": m.stats.bytes_read,
+        "changed_blocks": m.changed_blocks(), "bytes_read": m.stats.bytes_read,
         "incremental": m.incremental, "system_identifier": m.system_identifier, "pg_version": m.pg_version,
         "timeline": m.timeline, "start_lsn": m.start_lsn, "stop_lsn": m.stop_lsn,
         "start_wal": m.start_wal, "stop_wal": m.stop_wal, "start_time": m.start_time, "stop_time": m.stop_time,

@@ -194,7 +194,7 @@ pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
             BackupStatus::Completed.as_str().into(),
             m.parent.as_ref().map(|p| p.to_string()).into(),
             (m.chain_depth as i32).into(),
-            m.parent.as_ref().map(|_| m.stats.changed_blocks as i64).into(),
+            m.changed_blocks().map(|n| n as i64).into(),
         ],
     )
 }

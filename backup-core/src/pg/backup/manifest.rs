@@ -184,6 +184,12 @@ impl Manifest {
         WalFileName::Segment(SegmentPos::from_segno(timeline, segno, segment_size))
     }
 
+    /// Relation blocks an incremental backup stored; `None` for a full backup (which stores
+    /// files, not blocks).
+    pub fn changed_blocks(&self) -> Option<u64> {
+        self.parent.as_ref().map(|_| self.stats.changed_blocks)
+    }
+
     /// WAL segments from the backup's start to its stop segment, inclusive: what a restore
     /// needs to reach consistency.
     pub fn wal_range(&self, segment_size: u32) -> Vec<WalFileName> {

@@ -34,8 +34,12 @@ pub(crate) use serde_as_string;
 pub mod codec;
 pub mod config;
 pub mod error;
+/// What a scheduler does about a job's due or missed runs (pure policy over [`schedule`]).
+pub mod jobs;
 pub mod keys;
 pub mod pg;
 pub mod repo;
+/// When the in-database scheduler runs a job: cron expressions in a time zone, clock changes.
+pub mod schedule;
 pub mod storage;
 pub mod threads;

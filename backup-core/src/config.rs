@@ -14,6 +14,9 @@ use crate::storage::Location;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pg_backup_ext/pg_backup_ext.conf";
 
+/// Retention windows beyond this are typing mistakes (and would overflow date arithmetic).
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -32,8 +35,16 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     /// File holding the passphrase of a sealed key file (`BACKUP_KEY_PASSPHRASE_FILE`).
     pub key_passphrase_file: Option<PathBuf>,
-    /// Days to keep backups (`BACKUP_RETENTION_DAYS`).
+    /// Days to keep full backups (`BACKUP_RETENTION_DAYS`); a repository's own
+    /// `retention_days` overrides it there. See [`crate::pg::retention`] for the whole policy.
     pub retention_days: u32,
+    /// Days to keep incremental backups (`BACKUP_RETENTION_INCREMENTAL_DAYS`).
+    pub retention_incremental_days: u32,
+    /// Days of WAL to keep: the point-in-time recovery window (`BACKUP_RETENTION_WAL_DAYS`).
+    pub retention_wal_days: u32,
+    /// Months to keep the first full backup of each calendar month (UTC), 0 for none
+    /// (`BACKUP_RETENTION_MONTHLY_MONTHS`).
+    pub retention_monthly_months: u32,
     /// Attempts of `fetch` on a real error before it aborts recovery.
     pub fetch_retries: u32,
     pub fetch_retry_delay_ms: u64,
@@ -50,6 +61,9 @@ impl Default for Config {
             key_file: None,
             key_passphrase_file: None,
             retention_days: 30,
+            retention_incremental_days: 7,
+            retention_wal_days: 7,
+            retention_monthly_months: 12,
             fetch_retries: 3,
             fetch_retry_delay_ms: 1000,
         }
@@ -100,11 +114,39 @@ impl Config {
         if let Some(v) = env("BACKUP_KEY_PASSPHRASE_FILE") {
             c.key_passphrase_file = Some(PathBuf::from(v));
         }
-        if let Some(v) = env("BACKUP_RETENTION_DAYS") {
-            c.retention_days = v.parse().map_err(|_| ConfigError::env("BACKUP_RETENTION_DAYS", &v, "a whole number of days"))?;
+        for (var, field, unit) in [
+            ("BACKUP_RETENTION_DAYS", &mut c.retention_days, "a whole number of days"),
+            ("BACKUP_RETENTION_INCREMENTAL_DAYS", &mut c.retention_incremental_days, "a whole number of days"),
+            ("BACKUP_RETENTION_WAL_DAYS", &mut c.retention_wal_days, "a whole number of days"),
+            ("BACKUP_RETENTION_MONTHLY_MONTHS", &mut c.retention_monthly_months, "a whole number of months (0: no monthly archive)"),
+        ] {
+            if let Some(v) = env(var) {
+                *field = v.parse().map_err(|_| ConfigError::env(var, &v, unit))?;
+            }
         }
         if !(1..=19).contains(&c.compression_level) {
             return Err(ConfigError::Invalid(format!("compression_level {} is out of range 1-19", c.compression_level)));
+        }
+        // A zero window would expire what was taken a second ago, and with it the WAL that
+        // makes the newest moments restorable: surely a mistake, never a policy.
+        for (name, days) in [
+            ("retention_days (BACKUP_RETENTION_DAYS)", c.retention_days),
+            ("retention_incremental_days (BACKUP_RETENTION_INCREMENTAL_DAYS)", c.retention_incremental_days),
+            ("retention_wal_days (BACKUP_RETENTION_WAL_DAYS)", c.retention_wal_days),
+        ] {
+            if days == 0 {
+                return Err(ConfigError::Invalid(format!("{name} is 0; keep at least 1 day")));
+            }
+            if days > MAX_RETENTION_DAYS {
+                return Err(ConfigError::Invalid(format!("{name} is {days}; at most {MAX_RETENTION_DAYS} days (100 years)")));
+            }
+        }
+        if c.retention_monthly_months > MAX_RETENTION_DAYS / 30 {
+            return Err(ConfigError::Invalid(format!(
+                "retention_monthly_months (BACKUP_RETENTION_MONTHLY_MONTHS) is {}; at most {} months",
+                c.retention_monthly_months,
+                MAX_RETENTION_DAYS / 30
+            )));
         }
         let repos = c.repositories();
         for (i, r) in repos.iter().enumerate() {
@@ -113,6 +155,9 @@ impl Config {
             }
             if repos[..i].iter().any(|o| o.name == r.name) {
                 return Err(ConfigError::Invalid(format!("two repositories are named {:?}; names must be unique", r.name)));
+            }
+            if let Some(days) = r.retention_days.filter(|d| *d == 0 || *d > MAX_RETENTION_DAYS) {
+                return Err(ConfigError::Invalid(format!("repository {:?}: retention_days {days} is out of range 1-{MAX_RETENTION_DAYS}", r.name)));
             }
         }
         Ok(c)
@@ -267,6 +312,28 @@ mod tests {
         assert!(!c.encryption);
         assert_eq!(c.compression_level, 5);
         assert_eq!(c.retention_days, 7);
+    }
+
+    #[test]
+    fn retention_windows_per_kind() {
+        let c = Config::parse("", "t", no_env).unwrap();
+        assert_eq!(
+            (c.retention_days, c.retention_incremental_days, c.retention_wal_days, c.retention_monthly_months),
+            (30, 7, 7, 12),
+            "the product document's policy"
+        );
+        let file = "retention_days = 60\nretention_incremental_days = 14\nretention_monthly_months = 0\n";
+        let env = |k: &str| (k == "BACKUP_RETENTION_WAL_DAYS").then(|| "10".to_string());
+        let c = Config::parse(file, "t", env).unwrap();
+        assert_eq!((c.retention_days, c.retention_incremental_days, c.retention_wal_days, c.retention_monthly_months), (60, 14, 10, 0));
+        let err = Config::parse("retention_wal_days = 0", "t", no_env).unwrap_err();
+        assert!(err.to_string().contains("retention_wal_days") && err.to_string().contains("at least 1 day"), "{err}");
+        let err = Config::parse("", "t", |k| (k == "BACKUP_RETENTION_INCREMENTAL_DAYS").then(|| "a week".into())).unwrap_err();
+        assert!(err.to_string().contains("BACKUP_RETENTION_INCREMENTAL_DAYS=\"a week\""), "{err}");
+        assert!(Config::parse("retention_days = 0", "t", no_env).is_err());
+        assert!(Config::parse("retention_monthly_months = 100000", "t", no_env).is_err());
+        let repo0 = "[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\nretention_days = 0\n";
+        assert!(Config::parse(repo0, "t", no_env).unwrap_err().to_string().contains("retention_days 0"));
     }
 
     #[test]

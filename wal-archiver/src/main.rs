@@ -4,6 +4,7 @@
 
 mod backup_cmd;
 mod check;
+mod expire_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -160,6 +161,19 @@ enum Verb {
         #[arg(long)]
         cascade: bool,
     },
+    /// Apply the retention policy: list every backup, WAL range and leftover with what
+    /// happens to it and why, then delete what the policy lets go
+    Expire {
+        /// List only; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Judge ages as of this moment instead of the clock, e.g. '2026-12-01 00:00:00+00'
+        /// (leftovers of killed runs are still judged by the clock)
+        #[arg(long, value_name = "TIMESTAMP")]
+        now: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Text, alias = "format")]
+        output: Output,
+    },
     /// List archived WAL files
     WalList {
         #[arg(long, value_enum, default_value_t = Output::Text)]
@@ -203,6 +217,7 @@ fn main() -> ExitCode {
         }
         Verb::Info { output } => info(config_path, output),
         Verb::WalList { output, verify } => wal_list(config_path, output, verify),
+        Verb::Expire { dry_run, now, output } => load_config(config_path).and_then(|c| expire_cmd::expire(&c, dry_run, now.as_deref(), output)),
         Verb::Delete { id, cascade } => load_config(config_path).and_then(|c| backup_cmd::delete(&c, &id, cascade)),
         Verb::Backup { pgdata, dbname, workers, incremental, check_wal_summaries, no_wal_summaries } => {
             let kind = if incremental { BackupKind::Incremental } else { BackupKind::Full };
@@ -349,6 +364,12 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
     let c = repo.cluster();
     let timelines = archive::summarize_timelines(&files, c.wal_segment_size);
     let stored: u64 = files.iter().map(|f| f.stored_bytes).sum();
+    // Everything the store holds, by area: what expiry frees shows here.
+    let objects = repo.objects();
+    let all = objects.storage().list_all(&objects.ctx(), "")?;
+    let bytes_under = |prefix: &str| all.iter().filter(|o| o.key.starts_with(prefix)).map(|o| o.size).sum::<u64>();
+    let (total, backup_bytes, summary_bytes) = (bytes_under(""), bytes_under("backup/"), bytes_under("wal-summary/"));
+    let backups = repo.backups().completed_ids()?.len();
     let i = &repo.objects().info;
     if output == Output::Json {
         let doc = json!({
@@ -360,7 +381,9 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
             "encryption": i.encryption,
             "created": i.created,
             "key_ids": repo.objects().keys().map(|k| k.ids().map(|id| id.0.clone()).collect::<Vec<_>>()),
-            "wal": { "files": files.len(), "stored_bytes": stored, "timelines": timelines },
+            "wal": { "files": files.len(), "stored_bytes": stored, "summary_bytes": summary_bytes, "timelines": timelines },
+            "backups": { "completed": backups, "stored_bytes": backup_bytes },
+            "stored_bytes": total,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
@@ -370,7 +393,9 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
     println!("WAL segment size:   {} MB", c.wal_segment_size >> 20);
     println!("encryption:         {}", i.encryption);
     println!("created:            {}", i.created.format("%Y-%m-%d %H:%M:%S UTC"));
-    println!("archived WAL:       {} files, {}", files.len(), human_bytes(stored));
+    println!("stored:             {} ({total} bytes)", human_bytes(total));
+    println!("backups:            {backups} completed, {} stored (incomplete ones included)", human_bytes(backup_bytes));
+    println!("archived WAL:       {} files, {} (+ {} of block summaries)", files.len(), human_bytes(stored), human_bytes(summary_bytes));
     for t in &timelines {
         println!("  timeline {:>3}:     {} .. {} ({} segments)", t.timeline, t.first, t.last, t.segments);
         if !t.gaps.is_empty() {

@@ -7,11 +7,13 @@
 //! - [`cluster`]: a cluster's identity read from its data directory;
 //! - [`archive`]: `archive_command` / `restore_command` semantics;
 //! - [`backup`]: what a base backup copies, how, its manifest, the backups a repository holds,
-//!   and restore.
+//!   and restore;
+//! - [`retention`]: which backups and WAL a repository keeps, and deleting the rest.
 
 pub mod archive;
 pub mod backup;
 pub mod cluster;
+pub mod retention;
 pub mod wal;
 pub mod walsummary;
 

@@ -304,8 +304,10 @@ impl<'r> Backups<'r> {
         Ok(deleted)
     }
 
-    /// Remove one backup: the manifest first, so it stops being restorable before any data goes.
-    fn delete_one(&self, id: &BackupId) -> Result<u64, PgRepoError> {
+    /// Remove one backup: the manifest first, so it stops being restorable before any data goes
+    /// (interrupted, it leaves a directory without a manifest: an orphan retention collects).
+    /// The caller makes sure no kept backup builds on it. Returns the bytes its objects held.
+    pub(crate) fn delete_one(&self, id: &BackupId) -> Result<u64, PgRepoError> {
         let storage = self.objects().storage();
         let ctx = self.objects().ctx();
         let objects = storage.list_all(&ctx, &id.prefix())?;
@@ -318,7 +320,7 @@ impl<'r> Backups<'r> {
         for o in &objects {
             storage.delete(&ctx, &o.key)?;
         }
-        Ok(objects.len() as u64)
+        Ok(objects.iter().map(|o| o.size).sum())
     }
 
     /// The manifest goes last and only once: it is what makes the backup exist.

@@ -402,6 +402,8 @@ class Bench:
             f"unix_socket_directories = '{self.sock}'\n"
             "shared_preload_libraries = 'pg_backup_ext'\n"
             f"backup.config_file = '{self.our_conf}'\n"
+            # the default schedule must not start a backup in the middle of a timed step
+            "backup.scheduler = off\n"
             f"backup.workers = {a.workers}\n"
             f"max_wal_size = '{max_wal_mb}MB'\n"
             "checkpoint_timeout = '1h'\n"

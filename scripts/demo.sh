@@ -57,6 +57,11 @@ EOF
 pg "$PGBIN/pg_ctl" -D "$DEMO_DIR/primary" -l "$DEMO_DIR/primary.log" -w start >/dev/null
 psql_at "$PORT" -c "CREATE EXTENSION pg_backup_ext" -At -c "SELECT backup.version()"
 
+say "The default schedule, run by the scheduler worker (Asia/Ho_Chi_Minh time)"
+psql_at "$PORT" -c "SELECT job, kind, cron, next_run_local, next_run FROM backup.scheduler_status()"
+# This demo drives its own backups: pause the default jobs so none starts in the middle.
+psql_at "$PORT" -At -c "SELECT count(backup.schedule_enable(name, false)) || ' jobs paused for the demo' FROM backup.schedules"
+
 say "Checking the archive path end to end"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" check --pgdata "$DEMO_DIR/primary" \
     --dbname "host=$DEMO_DIR port=$PORT user=postgres dbname=postgres"
@@ -87,6 +92,19 @@ psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'custome
 say "Incremental backup: SELECT backup.start_incremental(wait => true) stores only the changed pages"
 INCR_ID=$(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")
 psql_at "$PORT" -c "SELECT id, type, parent, chain_depth, changed_blocks, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, duration FROM backup.list()"
+
+say "Unattended: a job every 15 seconds, taken by the scheduler worker by itself"
+psql_at "$PORT" -At -c "SELECT 'next run: ' || backup.schedule('demo', '15 seconds', kind => 'incremental', time_zone => 'UTC')"
+for _ in $(seq 1 90); do
+    [ "$(psql_at "$PORT" -At -c "SELECT count(*) FROM backup.job_runs WHERE job = 'demo' AND status = 'succeeded'")" -ge 1 ] && break
+    sleep 1
+done
+psql_at "$PORT" -At -c "SELECT backup.unschedule('demo')"
+psql_at "$PORT" -c "SELECT job, scheduled_for, status, backup_id, message FROM backup.job_runs WHERE job = 'demo' ORDER BY id"
+[ "$(psql_at "$PORT" -At -c "SELECT count(*) FROM backup.job_runs WHERE job = 'demo' AND status = 'succeeded'")" -ge 1 ] \
+    || { echo "the scheduler did not run the demo job (see $DEMO_DIR/primary.log)"; exit 1; }
+say "Retention: what backup.cleanup() would delete now, and why (a dry run)"
+psql_at "$PORT" -c "SELECT action, kind, name, pg_size_pretty(bytes) AS size, reason FROM backup.cleanup()"
 sleep 1
 GOOD_TIME=$(psql_at "$PORT" -At -c "SELECT now()")
 BEFORE=$(psql_at "$PORT" -At -c "SELECT count(*) || ' orders, total ' || sum(amount) FROM orders")

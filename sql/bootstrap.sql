@@ -24,6 +24,9 @@ CREATE TABLE backup.backups (
     parent         text,
     chain_depth    int NOT NULL DEFAULT 0,
     changed_blocks bigint,
+    -- the last verification (backup.verify(), the scheduler's verify job)
+    verified_at    timestamptz,
+    verify_ok      boolean,
     -- live progress of a running backup
     worker_pid     int,
     phase          text,
@@ -42,9 +45,44 @@ CREATE TABLE backup.events (
 );
 COMMENT ON TABLE backup.events IS 'Job log: what the backup workers did and what went wrong';
 
+-- The scheduler's jobs. The scheduler worker re-reads this table every second: a change made
+-- with backup.schedule() takes effect without a restart. updated_at is where the job's
+-- schedule starts counting from: a changed or re-enabled job never catches up runs from before.
+CREATE TABLE backup.schedules (
+    name        text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$'),
+    kind        text NOT NULL CHECK (kind IN ('full', 'incremental', 'verify', 'cleanup', 'health')),
+    cron        text NOT NULL,
+    time_zone   text NOT NULL,
+    enabled     boolean NOT NULL DEFAULT true,
+    -- catch_up (bool): run a run missed while the server was down once on start-up
+    --   (default: true for full, false for the others); count (int): backups per verify run
+    options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE backup.schedules IS 'Scheduled jobs; change them with backup.schedule(), backup.unschedule(), backup.schedule_enable()';
+
+-- One row per scheduled run: run, skipped (with the reason) or interrupted. Pruned after
+-- backup.job_history_days.
+CREATE TABLE backup.job_runs (
+    id             bigserial PRIMARY KEY,
+    job            text NOT NULL,
+    kind           text NOT NULL,
+    scheduled_for  timestamptz NOT NULL,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    status         text NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'skipped', 'interrupted')),
+    backup_id      text,
+    message        text
+);
+CREATE INDEX job_runs_job_scheduled_for ON backup.job_runs (job, scheduled_for);
+COMMENT ON TABLE backup.job_runs IS 'History of scheduled runs (the scheduler worker writes it)';
+
 -- Keep the catalog in pg_dump output.
 SELECT pg_catalog.pg_extension_config_dump('backup.backups', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
+-- Not backup.schedules: CREATE EXTENSION installs the default jobs, so a restored dump would
+-- collide with them. A physical backup (ours) keeps the table like any other.
+SELECT pg_catalog.pg_extension_config_dump('backup.job_runs', '');
 
 -- A worker that died (kill -9, crash restart, server stop) cannot mark its own row: whoever
 -- looks next does, so a dead backup never shows as running, let alone completed.

@@ -10,3 +10,9 @@ CREATE FUNCTION backup.create_restore_point(name text) RETURNS pg_lsn LANGUAGE s
 $$;
 COMMENT ON FUNCTION backup.create_restore_point(text) IS
     'pg_create_restore_point, also recorded in the repository so that restore --target-name picks the right backup';
+
+-- The product's default schedule (BACKUP_FULL_SCHEDULE / BACKUP_INCREMENTAL_SCHEDULE in the
+-- server's environment override full and incremental), installed once; change it with
+-- backup.schedule().
+INSERT INTO backup.schedules (name, kind, cron, time_zone)
+SELECT name, kind, cron, time_zone FROM backup.default_schedules();

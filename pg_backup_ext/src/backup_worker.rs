@@ -19,17 +19,60 @@ use backup_core::storage::CancelToken;
 use pgrx::bgworkers::DynamicBackgroundWorker;
 use pgrx::prelude::*;
 
-use crate::catalog::{self, EventLevel};
+use crate::catalog::{self, BackupStatus, EventLevel};
 use crate::gucs;
 use crate::postgres::bgworker::{self, transaction, Liveness, SqlError, Worker};
 use crate::postgres::spi::SpiSession;
 
 pub const WORKER_TYPE: &str = "pg_backup_ext backup";
 
-/// Launch a worker for backup `id`, connected to the caller's database (where the catalog is).
-pub fn launch(id: &BackupId, kind: BackupKind) -> Result<DynamicBackgroundWorker, bgworker::LaunchError> {
+/// Why a backup could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("backup {0} is already running; follow it in backup.progress, or wait for it to finish")]
+    AlreadyRunning(String),
+    #[error("pg_backup_ext: {0}")]
+    Launch(#[from] bgworker::LaunchError),
+    #[error("pg_backup_ext: the backup worker for {0} did not start; see the server log")]
+    DidNotStart(BackupId),
+    #[error("backup {id} failed: {error}")]
+    Failed { id: BackupId, error: String },
+    #[error("pg_backup_ext: {0}")]
+    Catalog(#[from] pgrx::spi::Error),
+}
+
+/// Start a backup in a new worker, connected to this backend's database (where the catalog
+/// is), and return once the worker has recorded it (so `backup.list()` shows it at once).
+/// Used by `backup.start_full()`/`start_incremental()` and by the scheduler.
+pub fn start(kind: BackupKind) -> Result<(BackupId, DynamicBackgroundWorker), StartError> {
+    catalog::reap_stale()?;
+    if let Some(running) = catalog::running_backup()? {
+        return Err(StartError::AlreadyRunning(running));
+    }
+    // Ids have one-second resolution: never reuse one.
+    let mut id = BackupId::at(chrono::Utc::now());
+    while catalog::exists(&id)? {
+        std::thread::sleep(Duration::from_millis(200));
+        crate::postgres::check_for_interrupts();
+        id = BackupId::at(chrono::Utc::now());
+    }
     let extra = format!("{id} {} {kind}", crate::postgres::database_oid());
-    bgworker::launch(WORKER_TYPE, "pg_backup_ext_worker_main", &extra)
+    let handle = bgworker::launch(WORKER_TYPE, "pg_backup_ext_worker_main", &extra)?;
+    if handle.wait_for_startup().is_err() {
+        return Err(StartError::DidNotStart(id));
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some((status, err)) = catalog::status(&id)? {
+            if status == BackupStatus::Failed {
+                return Err(StartError::Failed { id, error: err.unwrap_or_default() });
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        crate::postgres::check_for_interrupts();
+    }
+    Ok((id, handle))
 }
 
 #[pg_guard]

@@ -11,6 +11,9 @@ pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 pub static WAL_TIMEOUT_S: GucSetting<i32> = GucSetting::<i32>::new(300);
 pub static VERIFY_CHECKSUMS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static MAX_RATE_KB: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static SCHEDULER: GucSetting<bool> = GucSetting::<bool>::new(true);
+pub static SCHEDULER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static JOB_HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -59,6 +62,41 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"backup.scheduler",
+        c"Run the scheduled jobs of backup.schedules.",
+        c"Off: the scheduler worker idles. Default from $BACKUP_SCHEDULER_ENABLED, else on.",
+        &SCHEDULER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"backup.scheduler_database",
+        c"Database the scheduler worker connects to: the one where CREATE EXTENSION pg_backup_ext ran.",
+        c"",
+        &SCHEDULER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"backup.job_history_days",
+        c"Days of backup.job_runs history the scheduler keeps.",
+        c"",
+        &JOB_HISTORY_DAYS,
+        1,
+        36500,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    // The product's variable is the default; postgresql.conf (a higher-priority source) wins.
+    if let Ok(v) = std::env::var("BACKUP_SCHEDULER_ENABLED") {
+        crate::postgres::set_config_default("backup.scheduler", &v);
+    }
+}
+
+/// The database the scheduler works in.
+pub fn scheduler_database() -> String {
+    SCHEDULER_DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".to_string())
 }
 
 /// The configuration file named by `backup.config_file`, read now (never cached: a reload may

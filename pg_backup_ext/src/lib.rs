@@ -7,6 +7,8 @@
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
 //! - [`catalog`]: every statement on the `backup.*` tables, and the enums of their columns;
 //! - [`backup_worker`]: the background worker that takes a backup;
+//! - [`scheduler`]: the static worker that runs `backup.schedules` (backups, verify,
+//!   retention, health) by itself;
 //! - [`archive_module`]: `archive_library = 'pg_backup_ext'`, WAL archiving without a process
 //!   per segment;
 //! - [`postgres`]: the only place with raw `pg_sys` calls: safe wrappers, the worker skeleton,
@@ -20,6 +22,7 @@ mod backup_worker;
 mod catalog;
 mod gucs;
 mod postgres;
+mod scheduler;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -30,6 +33,7 @@ pgrx::extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize)
 #[allow(non_snake_case)]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    scheduler::register();
 }
 
 /// Version of the extension and of the repository format it writes.

@@ -26,7 +26,10 @@ pub fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Clus
     archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
     cluster.enable_archiving(&archiver);
     let config = archiver.config_path.to_string_lossy().into_owned();
-    let mut settings = vec![("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", config.as_str())];
+    // The scheduler stays off unless a test turns it on: its default jobs would start backups
+    // in the middle of other tests.
+    let mut settings =
+        vec![("shared_preload_libraries", "pg_backup_ext"), ("backup.config_file", config.as_str()), ("backup.scheduler", "off")];
     settings.extend_from_slice(extra);
     cluster.set(&settings);
     cluster.start();

@@ -432,7 +432,7 @@ pub fn backup_worker_pid(c: &Cluster, id: &str) -> i32 {
         return pid;
     }
     let rows =
-        c.psql("SELECT pid || ' ' || backend_type FROM pg_stat_activity WHERE backend_type LIKE 'pg_backup_ext%'");
+        c.psql("SELECT pid || ' ' || backend_type FROM pg_stat_activity WHERE backend_type = 'pg_backup_ext backup'");
     let pids: Vec<&str> = rows.lines().collect();
     assert_eq!(pids.len(), 1, "backup {id}: expected one pg_backup_ext worker in pg_stat_activity, found {pids:?}");
     pids[0].split(' ').next().unwrap().parse().unwrap()

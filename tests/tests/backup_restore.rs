@@ -758,6 +758,7 @@ fn archive_library_module() {
         ("archive_library", "pg_backup_ext"),
         ("shared_preload_libraries", "pg_backup_ext"),
         ("backup.config_file", config.as_str()),
+        ("backup.scheduler", "off"),
     ]);
     c.start();
     c.psql("CREATE EXTENSION pg_backup_ext");

@@ -435,7 +435,7 @@ fn extension_loads() {
     }
 
     let c = Cluster::initdb("ext");
-    c.set(&[("shared_preload_libraries", "pg_backup_ext")]);
+    c.set(&[("shared_preload_libraries", "pg_backup_ext"), ("backup.scheduler", "off")]);
     c.start();
     c.psql("CREATE EXTENSION pg_backup_ext");
     let version = c.psql("SELECT backup.version()");

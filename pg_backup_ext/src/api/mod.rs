@@ -3,8 +3,6 @@
 //!
 //! Errors are raised as PostgreSQL errors naming the thing and what to do.
 
-use std::time::{Duration, Instant};
-
 use backup_core::error::report;
 use backup_core::pg::backup::inventory::RecoveryTarget;
 use backup_core::pg::backup::incremental::ChainError;
@@ -13,6 +11,8 @@ use backup_core::pg::{PgRepo, PgRepoError};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
+
+mod schedules;
 
 use crate::backup_worker;
 use crate::catalog::{self, BackupStatus};
@@ -28,7 +28,7 @@ fn parse_id(id: &str) -> BackupId {
 }
 
 /// A catalog statement failed: raise it.
-fn sql<T>(r: catalog::CatalogResult<T>) -> T {
+pub(crate) fn sql<T>(r: catalog::CatalogResult<T>) -> T {
     r.unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
 }
 
@@ -53,21 +53,7 @@ fn start_incremental(wait: default!(bool, false)) -> String {
 }
 
 fn start(kind: BackupKind, wait: bool) -> String {
-    sql(catalog::reap_stale());
-    if let Some(running) = sql(catalog::running_backup()) {
-        error!("backup {running} is already running; follow it in backup.progress, or wait for it to finish");
-    }
-    // Ids have one-second resolution: never reuse one.
-    let mut id = BackupId::at(chrono::Utc::now());
-    while sql(catalog::exists(&id)) {
-        std::thread::sleep(Duration::from_millis(200));
-        crate::postgres::check_for_interrupts();
-        id = BackupId::at(chrono::Utc::now());
-    }
-    let handle = backup_worker::launch(&id, kind).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
-    if handle.wait_for_startup().is_err() {
-        error!("pg_backup_ext: the backup worker for {id} did not start; see the server log");
-    }
+    let (id, handle) = backup_worker::start(kind).unwrap_or_else(|e| error!("{e}"));
     if wait {
         // Whether the worker ended or the wait was cut short, the row says how it went.
         let ended = handle.wait_for_shutdown();
@@ -77,19 +63,6 @@ fn start(kind: BackupKind, wait: bool) -> String {
             Some((BackupStatus::Running, _)) => error!("backup {id} is still running but its worker could not be waited for ({ended:?}); follow it in backup.progress"),
             None => error!("backup {id} failed before recording itself; see the server log"),
         }
-        return id.to_string();
-    }
-    // Return once the worker has recorded the backup, so backup.list() shows it right away.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        if let Some((status, err)) = sql(catalog::status(&id)) {
-            if status == BackupStatus::Failed {
-                error!("backup {id} failed: {}", err.unwrap_or_default());
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        crate::postgres::check_for_interrupts();
     }
     id.to_string()
 }
@@ -137,6 +110,7 @@ fn verify(id: &str) -> JsonB {
     for p in &report.problems {
         warning!("{id}: {p}");
     }
+    sql(catalog::record_verification(&bid, report.problems.is_empty()));
     JsonB(json!({
         "backup": report.backup, "ok": report.problems.is_empty(), "files_checked": report.files_checked,
         "objects_checked": report.objects_checked, "wal_checked": report.wal_checked, "problems": report.problems,

@@ -1,6 +1,9 @@
-//! All SQL on the extension's tables (`backup.backups`, `backup.events`), in one place, with
-//! the values their CHECK constraints allow as enums. The table definitions are in
-//! `sql/bootstrap.sql`; the repository stays the truth and `resync` rebuilds from it.
+//! All SQL on the extension's tables, in one place, with the values their CHECK constraints
+//! allow as enums: here `backup.backups` and `backup.events`, in [`jobs`] the scheduler's
+//! `backup.schedules` and `backup.job_runs`. The table definitions are in `sql/bootstrap.sql`;
+//! the repository stays the truth and `resync` rebuilds the backups from it.
+
+pub mod jobs;
 
 use std::fmt;
 
@@ -161,6 +164,11 @@ pub fn event(id: &BackupId, level: EventLevel, message: &str) -> CatalogResult<(
     )
 }
 
+/// A health problem, for people reading `backup.events` (not tied to a backup).
+pub fn health_event(message: &str) -> CatalogResult<()> {
+    Spi::run_with_args("INSERT INTO backup.events (level, message) VALUES ('warning', $1)", &[format!("health: {message}").into()])
+}
+
 /// Record `m` as a completed backup, inserting or updating its row. Used when a worker
 /// finishes and when `backup.resync()` rebuilds the catalog from the repository.
 pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
@@ -197,6 +205,42 @@ pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
             m.changed_blocks().map(|n| n as i64).into(),
         ],
     )
+}
+
+/// Record the outcome of verifying backup `id` (a row the catalog does not have is left alone).
+pub fn record_verification(id: &BackupId, ok: bool) -> CatalogResult<()> {
+    Spi::run_with_args("UPDATE backup.backups SET verified_at = now(), verify_ok = $2 WHERE id = $1", &[id.as_str().into(), ok.into()])
+}
+
+/// Completed backups never verified, newest first.
+pub fn unverified(limit: i64) -> CatalogResult<Vec<String>> {
+    Ok(Spi::get_one_with_args::<Vec<String>>(
+        "SELECT coalesce(array_agg(id ORDER BY id DESC), '{}') FROM (
+             SELECT id FROM backup.backups WHERE status = 'completed' AND verified_at IS NULL ORDER BY id DESC LIMIT $1) u",
+        &[limit.into()],
+    )?
+    .unwrap_or_default())
+}
+
+/// Whether a completed backup of the server's current timeline exists (an incremental can
+/// build on it).
+pub fn has_backup_on_current_timeline() -> CatalogResult<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM backup.backups WHERE status = 'completed'
+                           AND timeline = (SELECT timeline_id FROM pg_control_checkpoint()))",
+    )?
+    .unwrap_or(false))
+}
+
+/// Start time of the newest completed full backup.
+pub fn last_full_backup() -> CatalogResult<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+    let (id, at) = Spi::get_two_with_args::<String, String>(
+        r#"SELECT b.id, to_char(b.start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+           FROM (SELECT 1) one LEFT JOIN LATERAL (
+             SELECT id, start_time FROM backup.backups WHERE status = 'completed' AND type = 'full' ORDER BY id DESC LIMIT 1) b ON true"#,
+        &[],
+    )?;
+    Ok(id.zip(at.and_then(|a| chrono::DateTime::parse_from_rfc3339(&a).ok())).map(|(id, at)| (id, at.with_timezone(&chrono::Utc))))
 }
 
 /// Forget backup `id` (deleted from the repository) and log it.

@@ -53,6 +53,12 @@ impl Worker {
         BackgroundWorker::get_extra().to_string()
     }
 
+    /// Connect to a database (by name) for SPI; a database that does not exist ends the
+    /// process with PostgreSQL's FATAL error (the postmaster restarts a static worker later).
+    pub fn connect_by_name(&self, database: &str) {
+        BackgroundWorker::connect_worker_to_spi(Some(database), None);
+    }
+
     /// Connect to a database (by OID) for SPI.
     pub fn connect(&self, database_oid: u32) {
         BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from_u32(database_oid)), None);
@@ -74,8 +80,7 @@ impl Worker {
 
     /// Sleep on the latch for up to `timeout`: a signal or a `SetLatch` wakes it early. The
     /// wait of every periodic worker (the scheduler's loop); the one-shot backup worker polls
-    /// from its copy's progress ticks instead, so nothing calls it yet.
-    #[allow(dead_code)]
+    /// from its copy's progress ticks instead.
     pub fn sleep(&self, timeout: Duration) -> Liveness {
         if !BackgroundWorker::wait_latch(Some(timeout)) {
             return Liveness::PostmasterDied;
@@ -87,6 +92,20 @@ impl Worker {
     pub fn exit_after_postmaster_death(&self) -> ! {
         super::exit_process(1)
     }
+}
+
+/// Register a worker the postmaster starts with the server (once recovery is over: never on a
+/// standby) and restarts `restart_after` a crash or an exit with status 1. Only from `_PG_init`
+/// while `shared_preload_libraries` load.
+pub fn register_static(worker_type: &str, function: &str, restart_after: Duration) {
+    BackgroundWorkerBuilder::new(worker_type)
+        .set_type(worker_type)
+        .set_library("pg_backup_ext")
+        .set_function(function)
+        .enable_spi_access()
+        .set_start_time(pgrx::bgworkers::BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(restart_after))
+        .load();
 }
 
 /// Launch a dynamic worker running `function` (an `extern "C-unwind"` in this library) with

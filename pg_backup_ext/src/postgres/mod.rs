@@ -65,6 +65,34 @@ pub fn exit_process(code: i32) -> ! {
     unsafe { pg_sys::proc_exit(code) }
 }
 
+/// Whether this is the postmaster loading `shared_preload_libraries` (the only moment a static
+/// background worker can be registered).
+pub fn loading_shared_preload_libraries() -> bool {
+    // SAFETY: a global flag of the postmaster, read on its main thread.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// Give setting `name` the default `value`, as an environment variable does for PostgreSQL's
+/// own settings: below postgresql.conf, `ALTER SYSTEM` and the command line, which still win.
+/// A value the setting refuses is left out with a warning rather than stopping the server.
+pub fn set_config_default(name: &str, value: &str) {
+    let (Ok(cname), Ok(cvalue)) = (std::ffi::CString::new(name), std::ffi::CString::new(value)) else {
+        return;
+    };
+    // SAFETY: called from _PG_init on the postmaster's main thread, after the setting is defined.
+    let accepted = pgrx::PgTryBuilder::new(|| {
+        unsafe {
+            pg_sys::SetConfigOption(cname.as_ptr(), cvalue.as_ptr(), pg_sys::GucContext::PGC_POSTMASTER, pg_sys::GucSource::PGC_S_ENV_VAR)
+        };
+        true
+    })
+    .catch_others(|_| false)
+    .execute();
+    if !accepted {
+        pgrx::warning!("pg_backup_ext: ignoring {name} = {value:?} from the environment: not a valid value");
+    }
+}
+
 unsafe extern "C" {
     /// storage/ipc/pmsignal.c (not in pgrx's bindings): checks the postmaster-death pipe.
     fn PostmasterIsAliveInternal() -> bool;

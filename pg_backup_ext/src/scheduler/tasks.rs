@@ -1,0 +1,195 @@
+//! The jobs the scheduler runs in its own process: verify, cleanup (retention), health. Each
+//! returns the run's status and the message for its `backup.job_runs` row; problems are also
+//! written to `backup.events`, where people look first.
+
+use backup_core::error::report;
+use backup_core::pg::backup::BackupId;
+use backup_core::pg::retention::{self, RetentionPolicy};
+use backup_core::pg::PgRepo;
+use backup_core::schedule::{JobKind, Schedule};
+use chrono::Utc;
+use pgrx::prelude::*;
+
+use crate::catalog::jobs::{self as runs, RunStatus};
+use crate::catalog::{self, EventLevel};
+use crate::gucs;
+use crate::postgres::bgworker::{transaction, SqlError};
+
+fn open_repo() -> Result<PgRepo, String> {
+    let config = gucs::load_config().map_err(|e| report(&e))?;
+    PgRepo::open(&config).map_err(|e| report(&e))
+}
+
+fn failed(message: String) -> (RunStatus, String) {
+    (RunStatus::Failed, message)
+}
+
+/// Verify the newest `count` completed backups never verified yet.
+pub fn verify(count: usize) -> (RunStatus, String) {
+    let ids = match transaction(|| Ok(catalog::unverified(count as i64)?)) {
+        Ok(ids) => ids,
+        Err(e) => return failed(e.to_string()),
+    };
+    if ids.is_empty() {
+        return (RunStatus::Succeeded, "nothing to verify: every completed backup has been verified".to_string());
+    }
+    let repo = match open_repo() {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let mut bad = Vec::new();
+    for id in &ids {
+        let Ok(bid) = id.parse::<BackupId>() else { continue };
+        let problems = match repo.backups().verify(&bid) {
+            Ok(r) => r.problems,
+            Err(e) => vec![report(&e)],
+        };
+        let recorded = transaction(|| {
+            catalog::record_verification(&bid, problems.is_empty())?;
+            match problems.first() {
+                None => catalog::event(&bid, EventLevel::Info, "verified by the scheduler: every object and WAL file sound")?,
+                Some(_) => catalog::event(&bid, EventLevel::Error, &format!("verification failed: {}", problems.join("; ")))?,
+            }
+            Ok::<_, SqlError>(())
+        });
+        if let Err(e) = recorded {
+            log!("pg_backup_ext scheduler: could not record the verification of {id}: {e}");
+        }
+        if !problems.is_empty() {
+            bad.push(format!("{id}: {}", problems.join("; ")));
+        }
+    }
+    if bad.is_empty() {
+        (RunStatus::Succeeded, format!("verified {} backup(s): {}", ids.len(), ids.join(", ")))
+    } else {
+        failed(format!("verification failed for {} of {} backup(s): {}", bad.len(), ids.len(), bad.join(" | ")))
+    }
+}
+
+/// Apply the retention policy now (the same as `backup.cleanup(dry_run => false)`).
+pub fn cleanup() -> (RunStatus, String) {
+    let running = match transaction(|| {
+        catalog::reap_stale()?;
+        Ok(catalog::running_backup()?)
+    }) {
+        Ok(r) => r.and_then(|r| r.parse::<BackupId>().ok()),
+        Err(e) => return failed(e.to_string()),
+    };
+    let expiry = match expire(running.as_ref(), false) {
+        Ok(e) => e,
+        Err(e) => return failed(e),
+    };
+    if let Err(e) = transaction(|| {
+        for id in &expiry.deleted {
+            catalog::remove(id)?;
+        }
+        Ok(())
+    }) {
+        return failed(format!("deleted {:?} from the repository but could not update backup.backups: {e}; run SELECT backup.resync()", expiry.deleted));
+    }
+    let deleted: Vec<String> = expiry.deleted.iter().map(ToString::to_string).collect();
+    let deleted = if deleted.is_empty() { String::new() } else { format!(" ({})", deleted.join(", ")) };
+    match (&expiry.report, &expiry.error) {
+        (Some(r), None) => {
+            let kept = expiry.plan.items.iter().filter(|i| i.kind == retention::ItemKind::Backup && i.action == retention::Action::Keep).count();
+            (
+                RunStatus::Succeeded,
+                format!(
+                    "deleted {} backup(s){deleted}, {} WAL file(s), {} orphan(s); freed {} bytes; {kept} backup(s) kept",
+                    r.backups_deleted.len(),
+                    r.wal_files_deleted,
+                    r.orphans_deleted,
+                    r.bytes_freed
+                ),
+            )
+        }
+        (_, Some(e)) => failed(format!("cleanup stopped after deleting {} backup(s){deleted}: {e}", expiry.deleted.len())),
+        (None, None) => unreachable!("a real run has a report or an error"),
+    }
+}
+
+/// What a retention run did.
+pub struct Expiry {
+    pub plan: retention::Plan,
+    /// `None` in a dry run, or when deleting stopped on an error.
+    pub report: Option<retention::ExpireReport>,
+    pub error: Option<String>,
+    /// Backups gone from the repository (even when an error stopped the run later): the caller
+    /// drops them from the catalog.
+    pub deleted: Vec<BackupId>,
+}
+
+/// Plan retention at the current time and, unless `dry_run`, carry it out. Touches the
+/// repository only (callers update the catalog in their own transaction): shared by the
+/// scheduler and `backup.cleanup()`. `Err` when nothing was deleted.
+pub fn expire(running: Option<&BackupId>, dry_run: bool) -> Result<Expiry, String> {
+    let config = gucs::load_config().map_err(|e| report(&e))?;
+    let repo = PgRepo::open(&config).map_err(|e| report(&e))?;
+    let plan = retention::plan(&repo, &RetentionPolicy::from_config(&config), Utc::now(), running).map_err(|e| report(&e))?;
+    if dry_run {
+        return Ok(Expiry { plan, report: None, error: None, deleted: Vec::new() });
+    }
+    match retention::execute(&repo, &plan) {
+        Ok(r) => Ok(Expiry { deleted: r.backups_deleted.clone(), plan, report: Some(r), error: None }),
+        Err(e) => {
+            // Whatever went before the error is gone: find out which backups.
+            let deleted = plan
+                .deletions()
+                .filter(|i| i.kind == retention::ItemKind::Backup)
+                .filter_map(|i| i.name.parse::<BackupId>().ok())
+                .filter(|id| !matches!(repo.backups().id_taken(id), Ok(true)))
+                .collect();
+            Ok(Expiry { plan, report: None, error: Some(report(&e)), deleted })
+        }
+    }
+}
+
+/// The health job until the monitoring work brings its full set of checks: archiving works,
+/// and the newest full backup is younger than its schedule allows.
+pub fn health() -> (RunStatus, String) {
+    let checked = transaction(|| {
+        let archive_mode = Spi::get_one::<String>("SELECT current_setting('archive_mode')")?.unwrap_or_default();
+        let archiving = Spi::get_one::<String>(
+            "SELECT CASE WHEN last_failed_time IS NOT NULL AND last_failed_time > coalesce(last_archived_time, '-infinity')
+                         THEN format('archiving is failing: %s failed at %s (last success: %s); see the server log',
+                                     last_failed_wal, last_failed_time, coalesce(last_archived_time::text, 'never'))
+                    END
+               FROM pg_stat_archiver",
+        )?;
+        let jobs = runs::jobs()?;
+        let full = catalog::last_full_backup()?;
+        Ok((archive_mode, archiving, jobs, full))
+    });
+    let (archive_mode, archiving, jobs, full) = match checked {
+        Ok(v) => v,
+        Err(e) => return failed(e.to_string()),
+    };
+    let mut problems = Vec::new();
+    if archive_mode == "off" {
+        problems.push("archive_mode is off: no WAL reaches the repository, so no backup is restorable to any point after it".to_string());
+    }
+    problems.extend(archiving);
+    let now = Utc::now();
+    let full_job = jobs.iter().find(|j| j.enabled && j.kind == JobKind::Full);
+    let allowed = full_job.and_then(|j| Schedule::parse(&j.cron, &j.time_zone).ok()).and_then(|s| s.longest_interval(now));
+    match (&full, allowed) {
+        (None, _) => problems.push("no completed full backup: run SELECT backup.start_full()".to_string()),
+        (Some((id, at)), Some(allowed)) => {
+            // An hour's grace: a full backup takes time, and its run may wait in the queue.
+            if now - *at > allowed + chrono::Duration::hours(1) {
+                problems.push(format!("the newest full backup {id} started {at}, longer ago than its schedule allows ({} h)", allowed.num_hours()));
+            }
+        }
+        (Some(_), None) => {}
+    }
+    if problems.is_empty() {
+        let newest = full.map(|(id, at)| format!("; newest full backup {id} at {at}")).unwrap_or_default();
+        (RunStatus::Succeeded, format!("ok: archiving works{newest}"))
+    } else {
+        let message = problems.join("; ");
+        if let Err(e) = transaction(|| Ok(catalog::health_event(&message)?)) {
+            log!("pg_backup_ext scheduler: could not record the health problem: {e}");
+        }
+        failed(message)
+    }
+}

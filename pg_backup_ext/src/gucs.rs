@@ -75,7 +75,10 @@ pub fn init() {
         c"Database the scheduler worker connects to: the one where CREATE EXTENSION pg_backup_ext ran.",
         c"",
         &SCHEDULER_DATABASE,
-        GucContext::Postmaster,
+        // Fixed at server start, when the worker is registered. A library loaded later (by
+        // CREATE EXTENSION, without shared_preload_libraries: no scheduler) may not define a
+        // start-only setting, so there it is an ordinary one.
+        if crate::postgres::loading_shared_preload_libraries() { GucContext::Postmaster } else { GucContext::Sighup },
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

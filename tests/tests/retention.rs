@@ -252,6 +252,10 @@ fn expire_follows_the_policy_and_the_window_stays_restorable() {
         assert!(info_after[area]["stored_bytes"].as_u64() < info_before[area]["stored_bytes"].as_u64(), "step 3: info's {area} bytes did not drop");
     }
     assert_eq!(info_after["backups"]["completed"], 4);
+    // The holes retention made are reported as expired, not as gaps recovery cannot cross.
+    let timelines = info_after["wal"]["timelines"].as_array().unwrap();
+    assert!(timelines.iter().all(|t| t["gaps"].as_array().unwrap().is_empty()), "step 3: info reports gaps: {timelines:#?}");
+    assert!(timelines.iter().any(|t| !t["expired"].as_array().unwrap().is_empty()), "step 3: info reports no expired range: {timelines:#?}");
     for id in [&b1, &b3, &b4, &b5] {
         assert_verifies(&archiver, id, "step 3");
     }

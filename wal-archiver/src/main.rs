@@ -362,14 +362,16 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
     let repo = PgRepo::open(&config)?;
     let files = repo.wal().list()?;
     let c = repo.cluster();
-    let timelines = archive::summarize_timelines(&files, c.wal_segment_size);
+    let manifests = repo.backups().list()?;
+    let ranges: Vec<archive::BackupWalRange> = manifests.iter().filter_map(|m| archive::BackupWalRange::of(m, c.wal_segment_size)).collect();
+    let timelines = archive::summarize_timelines(&files, c.wal_segment_size, &ranges);
     let stored: u64 = files.iter().map(|f| f.stored_bytes).sum();
     // Everything the store holds, by area: what expiry frees shows here.
     let objects = repo.objects();
     let all = objects.storage().list_all(&objects.ctx(), "")?;
     let bytes_under = |prefix: &str| all.iter().filter(|o| o.key.starts_with(prefix)).map(|o| o.size).sum::<u64>();
     let (total, backup_bytes, summary_bytes) = (bytes_under(""), bytes_under("backup/"), bytes_under("wal-summary/"));
-    let backups = repo.backups().completed_ids()?.len();
+    let backups = manifests.len();
     let i = &repo.objects().info;
     if output == Output::Json {
         let doc = json!({
@@ -400,6 +402,9 @@ fn info(config_path: Option<&Path>, output: Output) -> Result<ExitCode> {
         println!("  timeline {:>3}:     {} .. {} ({} segments)", t.timeline, t.first, t.last, t.segments);
         if !t.gaps.is_empty() {
             println!("    MISSING {} segment(s), first {}: recovery cannot cross this gap", t.gaps.len(), t.gaps[0]);
+        }
+        if !t.expired.is_empty() {
+            println!("    expired {} segment(s), first {}: removed by retention, the next backup starts after them", t.expired.len(), t.expired[0]);
         }
     }
     Ok(ExitCode::SUCCESS)

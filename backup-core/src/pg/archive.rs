@@ -333,11 +333,33 @@ pub struct TimelineSummary {
     pub first: String,
     pub last: String,
     pub segments: u64,
+    /// Missing segments recovery would need: a restore to a moment past them from any older
+    /// backup stops there.
     pub gaps: Vec<String>,
+    /// Missing segments retention removed on purpose: the range ends where a backup starts,
+    /// and no backup needs any of it to become consistent (moments inside it are no longer
+    /// restorable, by policy).
+    pub expired: Vec<String>,
 }
 
-/// A gap means recovery through this range would stop early: worth shouting about in `info`.
-pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32) -> Vec<TimelineSummary> {
+/// The WAL range a backup needs to become consistent, on its timeline (segment numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupWalRange {
+    pub timeline: u32,
+    pub start: u64,
+    pub stop: u64,
+}
+
+impl BackupWalRange {
+    pub fn of(m: &super::backup::Manifest, segment_size: u32) -> Option<BackupWalRange> {
+        let (start, stop) = (m.start_wal.segment()?, m.stop_wal.segment()?);
+        Some(BackupWalRange { timeline: start.timeline.0, start: start.segno(segment_size), stop: stop.segno(segment_size) })
+    }
+}
+
+/// A gap means recovery through this range would stop early: worth shouting about in `info`,
+/// unless retention made it (see [`TimelineSummary::expired`]); `backups` tells the two apart.
+pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32, backups: &[BackupWalRange]) -> Vec<TimelineSummary> {
     let mut by_tli: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
     for f in files {
         if let Some(pos) = f.name.segment() {
@@ -349,11 +371,19 @@ pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32) -> Vec<Time
         .into_iter()
         .map(|(tli, mut segnos)| {
             segnos.sort_unstable();
-            let mut gaps = Vec::new();
+            let (mut gaps, mut expired) = (Vec::new(), Vec::new());
             for pair in segnos.windows(2) {
-                for missing in pair[0] + 1..pair[1] {
-                    if gaps.len() < 1000 {
-                        gaps.push(name(tli, missing));
+                let (first, last) = (pair[0] + 1, pair[1] - 1);
+                if first > last {
+                    continue;
+                }
+                let on_tli = backups.iter().filter(|b| b.timeline == tli);
+                let needed = on_tli.clone().any(|b| b.start <= last && b.stop >= first);
+                let backup_follows = on_tli.clone().any(|b| b.start == last + 1);
+                let list = if backup_follows && !needed { &mut expired } else { &mut gaps };
+                for missing in first..=last {
+                    if list.len() < 1000 {
+                        list.push(name(tli, missing));
                     }
                 }
             }
@@ -363,6 +393,7 @@ pub fn summarize_timelines(files: &[ArchivedWal], segment_size: u32) -> Vec<Time
                 last: name(tli, *segnos.last().unwrap()),
                 segments: segnos.len() as u64,
                 gaps,
+                expired,
             }
         })
         .collect()
@@ -457,10 +488,30 @@ mod tests {
             wal("00000002.history"),
             wal("000000020000000100000005"),
         ];
-        let s = summarize_timelines(&files, 16 << 20);
+        let s = summarize_timelines(&files, 16 << 20, &[]);
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].gaps, ["0000000100000000000000FF", "000000010000000100000000"]);
         assert_eq!(s[0].segments, 2);
         assert!(s[1].gaps.is_empty());
+    }
+
+    /// Retention leaves islands: a monthly backup's own range, then the window from the anchor
+    /// on. The hole before the anchor is expired, not missing; a hole a backup needs, or one
+    /// no backup follows, is still a gap.
+    #[test]
+    fn gaps_left_by_retention_are_told_apart() {
+        let files: Vec<ArchivedWal> = [2u64, 3, 10, 11, 12, 20]
+            .iter()
+            .map(|n| wal(&WalFileName::Segment(SegmentPos::from_segno(TimelineId(1), *n, 16 << 20)).to_string()))
+            .collect();
+        let monthly = BackupWalRange { timeline: 1, start: 2, stop: 3 };
+        let anchor = BackupWalRange { timeline: 1, start: 10, stop: 11 };
+        let s = summarize_timelines(&files, 16 << 20, &[monthly, anchor]);
+        assert_eq!(s[0].expired.len(), 6, "4..=9 end where the anchor starts: {:?}", s[0]);
+        assert_eq!(s[0].gaps.len(), 7, "13..=19: no backup starts at 20: {:?}", s[0]);
+        // A backup needing the hole makes it a gap even when another starts right after.
+        let straddling = BackupWalRange { timeline: 1, start: 3, stop: 5 };
+        let s = summarize_timelines(&files, 16 << 20, &[monthly, anchor, straddling]);
+        assert!(s[0].expired.is_empty() && s[0].gaps.len() == 13, "{:?}", s[0]);
     }
 }

@@ -21,7 +21,7 @@ mod tasks;
 
 pub use tasks::expire;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use backup_core::jobs;
@@ -59,7 +59,7 @@ pub extern "C-unwind" fn pg_backup_ext_scheduler_main(_arg: pg_sys::Datum) {
     // A database that does not exist ends this process with FATAL; the postmaster retries.
     worker.connect_by_name(&database);
     log!("pg_backup_ext scheduler started in database {database:?}");
-    let mut scheduler = Scheduler { up_since: Utc::now(), database, in_flight: None, settled: false, last_prune: None, complained: HashSet::new() };
+    let mut scheduler = Scheduler { up_since: Utc::now(), database, in_flight: None, settled: false, last_prune: None, complained: HashSet::new(), waited_for: HashMap::new() };
     loop {
         match worker.poll() {
             Liveness::Running => {}
@@ -98,6 +98,8 @@ struct Scheduler {
     /// Problems already logged (a missing extension, a job whose expression no longer parses):
     /// said once, not every second.
     complained: HashSet<String>,
+    /// Jobs held back by someone else's backup, and which: said in the run's row once it starts.
+    waited_for: HashMap<String, String>,
 }
 
 impl Scheduler {
@@ -231,7 +233,9 @@ impl Scheduler {
             catalog::reap_stale()?;
             Ok(catalog::running_backup()?)
         })? {
-            self.complain_once(&format!("queued {} {}", job.name, due.scheduled_for), || format!("job {:?} waits for backup {other} to finish", job.name));
+            if self.waited_for.insert(job.name.clone(), other.clone()).is_none() {
+                log!("pg_backup_ext scheduler: job {:?} waits for backup {other} to finish", job.name);
+            }
             return Ok(());
         }
         let mut kind = match job.kind {
@@ -239,6 +243,10 @@ impl Scheduler {
             _ => BackupKind::Full,
         };
         let mut note = due.note.clone();
+        if let Some(other) = self.waited_for.remove(&job.name) {
+            let why = format!("queued behind backup {other}");
+            note = Some(note.map_or(why.clone(), |n| format!("{n}; {why}")));
+        }
         if kind == BackupKind::Incremental && !transaction(|| Ok(catalog::has_backup_on_current_timeline()?))? {
             kind = BackupKind::Full;
             let why = "no completed backup of this timeline to build on: took a full backup instead";
@@ -261,11 +269,16 @@ impl Scheduler {
                 Ok(())
             }
             Err(e) => {
-                let message = match &e {
-                    StartError::AlreadyRunning(_) => format!("skipped: {e}"),
-                    _ => e.to_string(),
+                // Another backup won the race to the cluster's backup lock (a backup.start_full()
+                // between our check and the worker's claim): this run did not happen.
+                let (status, message) = match &e {
+                    StartError::AlreadyRunning(_) => (RunStatus::Skipped, format!("skipped: {e}")),
+                    StartError::Failed { error, .. } if error == &catalog::ClaimRefused::AnotherRunning.to_string() => {
+                        (RunStatus::Skipped, format!("skipped: {e}"))
+                    }
+                    _ => (RunStatus::Failed, e.to_string()),
                 };
-                transaction(|| Ok(runs::finish_run(run, RunStatus::Failed, &message)?))
+                transaction(|| Ok(runs::finish_run(run, status, &message)?))
             }
         }
     }

@@ -90,7 +90,7 @@ psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'custome
     -c "UPDATE orders SET amount = 0 WHERE id % 100 = 0"
 
 say "Incremental backup: SELECT backup.start_incremental(wait => true) stores only the changed pages"
-INCR_ID=$(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")
+echo "took $(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")"
 psql_at "$PORT" -c "SELECT id, type, parent, chain_depth, changed_blocks, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, duration FROM backup.list()"
 
 say "Unattended: a job every 15 seconds, taken by the scheduler worker by itself"
@@ -124,7 +124,7 @@ done
 say "The repository"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" info
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" list
-echo "backup.find('$GOOD_TIME') = $(psql_at "$PORT" -At -c "SELECT backup.find('$GOOD_TIME')") (the incremental $INCR_ID: restored through its chain)"
+echo "backup.find('$GOOD_TIME') = $(psql_at "$PORT" -At -c "SELECT backup.find('$GOOD_TIME')") (an incremental: restored through its chain)"
 
 say "Point-in-time restore to $GOOD_TIME into $DEMO_DIR/restored"
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" restore --pgdata "$DEMO_DIR/restored" \

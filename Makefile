@@ -12,7 +12,7 @@ APT_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-contrib libclan
 CARGO       ?= cargo
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build install install-ext demo test clean
+.PHONY: all deps test-deps build install install-ext demo test clean
 
 all: build
 
@@ -28,6 +28,24 @@ deps:
 		$(CARGO) install cargo-pgrx --version $(PGRX_VERSION) --locked; \
 	fi
 	@grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml || $(CARGO) pgrx init --pg15 $(PG_CONFIG)
+
+# The S3 emulator the storage tests run against (backup-core/tests/s3_storage.rs), in its own
+# virtualenv, and openssl for their TLS 1.2 server; nothing to do when they are there already.
+# Standalone (no pgrx setup), so that `make test-deps` is cheap to run on its own.
+TEST_VENV ?= /opt/pg_backup_ext-test/venv
+TEST_APT_PACKAGES = python3-venv openssl
+
+test-deps:
+	@missing=$$(for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@if [ ! -x $(TEST_VENV)/bin/moto_server ]; then \
+		echo "installing moto (S3 emulator) into $(TEST_VENV)"; \
+		$(SUDO) python3 -m venv $(TEST_VENV) && \
+		$(SUDO) $(TEST_VENV)/bin/pip install -q 'moto[server]'; \
+	fi
 
 build: deps
 	$(CARGO) build --release -p wal-archiver
@@ -48,7 +66,7 @@ demo: install
 # it in real clusters.
 PGRX_TEST_PGDATA ?= /tmp/pg_backup_ext-pgrx-test
 
-test: deps
+test: deps test-deps
 	rm -rf $(PGRX_TEST_PGDATA)
 	$(CARGO) pgrx test pg15 -p pg_backup_ext --runas postgres --pgdata $(PGRX_TEST_PGDATA)
 	$(CARGO) pgrx install -p pg_backup_ext --pg-config $(PG_CONFIG)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::codec::Compression;
-use crate::storage::Location;
+use crate::storage::{Location, S3Credentials, S3Location, Secret};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pg_backup_ext/pg_backup_ext.conf";
 
@@ -197,7 +197,8 @@ pub struct RepoConfig {
     pub retention_days: Option<u32>,
 }
 
-/// `[[repos]]` as written; each storage type takes its own fields.
+/// `[[repos]]` as written; each storage type takes its own fields. No `Debug`: it holds the
+/// secret key as plain text until it becomes a [`Secret`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RepoEntry {
@@ -206,16 +207,96 @@ struct RepoEntry {
     kind: String,
     path: Option<PathBuf>,
     retention_days: Option<u32>,
+    // type = "s3"
+    bucket: Option<String>,
+    prefix: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+    force_path_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    secret_access_key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    allow_tls12: Option<bool>,
+}
+
+impl RepoEntry {
+    /// The S3 fields that were given, by name (a local repository takes none of them).
+    fn s3_fields(&self) -> Vec<&'static str> {
+        [
+            ("bucket", self.bucket.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("region", self.region.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("force_path_style", self.force_path_style.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            ("secret_access_key", self.secret_access_key.is_some()),
+            ("secret_access_key_file", self.secret_access_key_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("allow_tls12", self.allow_tls12.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+
+    fn s3_location(self) -> Result<S3Location, String> {
+        let name = &self.name;
+        if self.path.is_some() {
+            return Err(format!("repository {name:?} of type s3 takes bucket and prefix, not path"));
+        }
+        let bucket = self.bucket.filter(|b| !b.is_empty()).ok_or_else(|| format!("repository {name:?} of type s3 needs a bucket"))?;
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !valid_bucket {
+            return Err(format!("repository {name:?}: bucket {bucket:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"));
+        }
+        let region = self.region.filter(|r| !r.is_empty()).ok_or_else(|| {
+            format!("repository {name:?} of type s3 needs a region (such as region = \"eu-west-1\"; S3-compatible stores usually take any, e.g. \"us-east-1\")")
+        })?;
+        let prefix = crate::storage::s3::normalize_prefix(self.prefix.as_deref().unwrap_or(""));
+        if !prefix.is_empty() {
+            crate::storage::validate_prefix(&prefix).map_err(|_| {
+                format!("repository {name:?}: prefix {prefix:?} may hold only letters, digits, '.', '_', '-' and '/'")
+            })?;
+        }
+        let credentials = match (self.access_key_id, self.secret_access_key, self.secret_access_key_file) {
+            (None, None, None) => S3Credentials::DefaultChain,
+            (Some(id), Some(secret), None) => S3Credentials::Static { access_key_id: id, secret_access_key: Secret::new(secret) },
+            (Some(id), None, Some(file)) => S3Credentials::SecretFile { access_key_id: id, secret_access_key_file: file },
+            (_, Some(_), Some(_)) => {
+                return Err(format!("repository {name:?}: give secret_access_key or secret_access_key_file, not both"))
+            }
+            (Some(_), None, None) => {
+                return Err(format!("repository {name:?}: access_key_id needs secret_access_key or secret_access_key_file"))
+            }
+            (None, _, _) => return Err(format!("repository {name:?}: a secret key needs its access_key_id")),
+        };
+        let mut location = S3Location::new(&bucket, &prefix, &region);
+        location.endpoint = self.endpoint.filter(|e| !e.is_empty());
+        location.force_path_style = self.force_path_style.unwrap_or(false);
+        location.credentials = credentials;
+        location.ca_file = self.ca_file;
+        location.allow_tls12 = self.allow_tls12.unwrap_or(false);
+        Ok(location)
+    }
 }
 
 impl TryFrom<RepoEntry> for RepoConfig {
     type Error = String;
     fn try_from(e: RepoEntry) -> Result<RepoConfig, String> {
+        let (name, retention_days) = (e.name.clone(), e.retention_days);
         let location = match e.kind.as_str() {
-            "local" => Location::Local { path: e.path.ok_or_else(|| format!("repository {:?} of type local needs a path", e.name))? },
-            other => return Err(format!("repository {:?} has type {other:?}; the supported type is \"local\"", e.name)),
+            "local" => {
+                if let Some(field) = e.s3_fields().first() {
+                    return Err(format!("repository {name:?} of type local does not take {field} (an s3 setting)"));
+                }
+                Location::Local { path: e.path.ok_or_else(|| format!("repository {name:?} of type local needs a path"))? }
+            }
+            "s3" => Location::S3(Box::new(e.s3_location()?)),
+            other => return Err(format!("repository {name:?} has type {other:?}; the supported types are \"local\" and \"s3\"")),
         };
-        Ok(RepoConfig { name: e.name, location, retention_days: e.retention_days })
+        Ok(RepoConfig { name, location, retention_days })
     }
 }
 
@@ -370,5 +451,72 @@ mod tests {
         assert!(Config::parse(dup, "t", no_env).unwrap_err().to_string().contains("unique"));
         let unknown = "[[repos]]\nname = \"a\"\ntype = \"floppy\"\npath = \"/a\"\n";
         assert!(Config::parse(unknown, "/etc/x.conf", no_env).unwrap_err().to_string().contains("floppy"));
+    }
+
+    const S3_REPO: &str = "[[repos]]\nname = \"offsite\"\ntype = \"s3\"\nbucket = \"pg-backups\"\nprefix = \"/cluster1\"\nregion = \"eu-west-1\"\n";
+
+    #[test]
+    fn s3_repositories_parse_with_defaults() {
+        let c = Config::parse(S3_REPO, "t", no_env).unwrap();
+        let Location::S3(s3) = &c.primary_repo().unwrap().location else { panic!("not s3") };
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str(), s3.region.as_str()), ("pg-backups", "cluster1/", "eu-west-1"));
+        assert_eq!(s3.credentials, S3Credentials::DefaultChain);
+        assert!(!s3.force_path_style && !s3.allow_tls12 && s3.endpoint.is_none() && s3.ca_file.is_none());
+        assert_eq!(c.primary_repo().unwrap().location.to_string(), "s3://pg-backups/cluster1/");
+        assert!(c.primary_repo().unwrap().location.local_path().is_none());
+
+        let full = format!(
+            "{S3_REPO}endpoint = \"https://minio.internal:9000\"\nforce_path_style = true\naccess_key_id = \"AKIDEXAMPLE\"\n\
+             secret_access_key_file = \"/etc/pg_backup_ext/s3.secret\"\nca_file = \"/etc/ssl/private-ca.pem\"\nallow_tls12 = true\nretention_days = 90\n"
+        );
+        let c = Config::parse(&full, "t", no_env).unwrap();
+        let repo = c.primary_repo().unwrap();
+        let Location::S3(s3) = &repo.location else { panic!("not s3") };
+        assert_eq!(s3.endpoint.as_deref(), Some("https://minio.internal:9000"));
+        assert!(s3.force_path_style && s3.allow_tls12);
+        assert_eq!(s3.ca_file.as_deref(), Some(Path::new("/etc/ssl/private-ca.pem")));
+        assert_eq!(
+            s3.credentials,
+            S3Credentials::SecretFile { access_key_id: "AKIDEXAMPLE".into(), secret_access_key_file: "/etc/pg_backup_ext/s3.secret".into() }
+        );
+        assert_eq!(repo.retention_days, Some(90));
+    }
+
+    #[test]
+    fn s3_errors_say_what_is_missing() {
+        let err = |text: &str| Config::parse(text, "/etc/x.conf", no_env).unwrap_err().to_string();
+        let no_bucket = "[[repos]]\nname = \"o\"\ntype = \"s3\"\nregion = \"us-east-1\"\n";
+        assert!(err(no_bucket).contains("needs a bucket"), "{}", err(no_bucket));
+        let no_region = "[[repos]]\nname = \"o\"\ntype = \"s3\"\nbucket = \"pg-backups\"\n";
+        assert!(err(no_region).contains("needs a region"), "{}", err(no_region));
+        assert!(err(&format!("{S3_REPO}access_key_id = \"AK\"\n")).contains("needs secret_access_key"));
+        assert!(err(&format!("{S3_REPO}secret_access_key = \"s\"\n")).contains("access_key_id"));
+        assert!(err(&format!("{S3_REPO}access_key_id = \"AK\"\nsecret_access_key = \"s\"\nsecret_access_key_file = \"/f\"\n")).contains("not both"));
+        assert!(err(&S3_REPO.replace("pg-backups", "PG_Backups")).contains("not a valid S3 bucket name"));
+        assert!(err(&format!("{S3_REPO}path = \"/x\"\n")).contains("not path"));
+        assert!(err(&format!("{S3_REPO}bucket_typo = 1\n")).contains("bucket_typo"));
+        let local_with_s3 = "[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\nbucket = \"b\"\n";
+        assert!(err(local_with_s3).contains("does not take bucket"), "{}", err(local_with_s3));
+    }
+
+    #[test]
+    fn the_s3_secret_never_shows() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let text = format!("{S3_REPO}access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = \"{secret}\"\n");
+        let c = Config::parse(&text, "t", no_env).unwrap();
+        let repo = c.primary_repo().unwrap();
+        let Location::S3(s3) = &repo.location else { panic!("not s3") };
+        assert_eq!(
+            s3.credentials,
+            S3Credentials::Static { access_key_id: "AKIDEXAMPLE".into(), secret_access_key: Secret::new(secret) }
+        );
+        for shown in [format!("{c:?}"), format!("{repo:?}"), format!("{:?}", repo.location), repo.location.to_string(), format!("{c:#?}")] {
+            assert!(!shown.contains(secret), "secret in {shown}");
+        }
+        assert!(format!("{repo:?}").contains("<redacted>"));
+        // A parse error about the same entry does not echo the secret either.
+        let bad = format!("{text}allow_tls12 = \"yes\"\n");
+        let e = Config::parse(&bad, "t", no_env).unwrap_err().to_string();
+        assert!(!e.contains(secret), "{e}");
     }
 }

@@ -32,6 +32,7 @@ pub mod conformance;
 mod ctx;
 mod error;
 mod local;
+pub mod s3;
 pub mod unreliable;
 
 use std::fmt;
@@ -43,12 +44,15 @@ use std::time::SystemTime;
 pub use ctx::{CancelToken, Ctx};
 pub use error::{BoxError, StorageError, StorageErrorKind};
 pub use local::LocalStorage;
+pub use s3::{S3Credentials, S3Location, S3Storage, S3Timeouts, Secret};
 
-/// Where a repository lives, as the configuration names it (`type = "local"`, later `"s3"`,
-/// `"gcs"`, `"azure"`).
+/// Where a repository lives, as the configuration names it (`type = "local"`, `"s3"`, later
+/// `"gcs"`, `"azure"`). `Debug` and `Display` never show a secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Local { path: PathBuf },
+    /// Boxed: far larger than a path, and rare.
+    S3(Box<S3Location>),
 }
 
 impl Location {
@@ -57,6 +61,7 @@ impl Location {
     pub fn local_path(&self) -> Option<&Path> {
         match self {
             Location::Local { path } => Some(path),
+            Location::S3(_) => None,
         }
     }
 }
@@ -65,6 +70,7 @@ impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Local { path } => write!(f, "{}", path.display()),
+            Location::S3(s3) => f.write_str(&s3.url()),
         }
     }
 }
@@ -73,6 +79,7 @@ impl fmt::Display for Location {
 pub fn open(location: &Location) -> Result<Box<dyn Storage>, StorageError> {
     match location {
         Location::Local { path } => Ok(Box::new(LocalStorage::new(path))),
+        Location::S3(s3) => Ok(Box::new(S3Storage::open(s3)?)),
     }
 }
 

@@ -239,6 +239,21 @@ mod tests {
         Spi::run("SELECT backup.schedule('x', '61 * * * *', kind => 'full')").unwrap();
     }
 
+    /// History older than the setting goes; running rows and recent ones stay.
+    #[pg_test]
+    fn old_history_is_pruned() {
+        Spi::run(
+            "INSERT INTO backup.job_runs (job, kind, scheduled_for, status) VALUES
+                 ('p', 'full', now() - interval '100 days', 'succeeded'),
+                 ('p', 'full', now() - interval '100 days', 'running'),
+                 ('p', 'full', now() - interval '10 days', 'skipped')",
+        )
+        .unwrap();
+        prune_runs(90).unwrap();
+        let left = Spi::get_one::<String>("SELECT string_agg(status, ',' ORDER BY scheduled_for, status) FROM backup.job_runs WHERE job = 'p'").unwrap();
+        assert_eq!(left.as_deref(), Some("running,skipped"));
+    }
+
     #[pg_test]
     fn jobs_are_changed_enabled_and_removed() {
         Spi::run("SELECT backup.schedule('quick', '30 seconds', kind => 'incremental', time_zone => 'UTC', options => '{\"catch_up\": true}')").unwrap();

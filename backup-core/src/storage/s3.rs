@@ -1,0 +1,1153 @@
+//! A repository in an S3 bucket (AWS or an S3-compatible store), through `aws-sdk-s3`.
+//!
+//! **Blocking over async.** The SDK is async; the [`Storage`] trait is blocking (see the module
+//! docs of [`super`]). One Tokio runtime serves every S3 store of the process. It is created on
+//! first use, from a thread spawned with every signal blocked ([`crate::threads`]), so its
+//! worker threads inherit a mask that keeps every signal on the caller's threads. Each request
+//! runs as a task of that runtime, so what it starts (connections, DNS lookups on the blocking
+//! pool) is spawned by those blocked threads, never by the caller's; the caller `block_on`s the
+//! task's result from its own thread, looking at the [`Ctx`] every [`CTX_POLL`]: past the
+//! deadline or cancelled, the task is aborted, which closes its connection. No runtime exists
+//! until an S3 store is opened.
+//!
+//! **TLS.** The HTTPS client is ours (hyper + rustls with the `ring` provider), not the SDK's
+//! default, because the SDK's client cannot restrict protocol versions: a remote endpoint must
+//! speak TLS 1.3 unless the repository says `allow_tls12 = true`. Certificates are always
+//! verified, against the system's roots or, when `ca_file` is set, against that bundle only.
+//! Plain `http://` endpoints are accepted only on loopback addresses (emulators, tests).
+//! A TLS failure is not retried and says what to change: a server that only offers TLS 1.2
+//! yields "... offers no TLS 1.3 (TLS 1.3 is required); upgrade the endpoint or set
+//! allow_tls12 = true ...".
+//!
+//! **Bounded time.** Connecting, waiting for a response and waiting for each chunk of a body
+//! are bounded ([`S3Timeouts`]), independently of the caller's deadline, so a hanging endpoint
+//! fails a call even with [`Ctx::background`]. Transient failures (connection errors, 5xx,
+//! throttling such as 503 SlowDown) are retried by the SDK's standard retry strategy:
+//! [`MAX_ATTEMPTS`] attempts, exponential backoff with jitter from 200 ms to 10 s, under the
+//! SDK's client-side retry budget.
+//!
+//! **Uploads.** A writer buffers up to one part ([`S3Location::part_size`]). An object that fits
+//! is one `PutObject`; a larger one becomes a multipart upload in which one part is sent while
+//! the next fills, so memory stays at two parts. Create-if-absent is `If-None-Match: *` on the
+//! `PutObject` or on `CompleteMultipartUpload`, answered 412 when the key exists: the store
+//! decides atomically (moto 5.2 honours both). Some older S3-compatible servers ignore the
+//! header on `CompleteMultipartUpload`, which the answer does not reveal; so a large
+//! create-if-absent also looks (`HeadObject`) just before completing, and there the race
+//! narrows to a concurrent writer creating the key between that look and our completion. A
+//! writer dropped without commit aborts its multipart upload (best effort, bounded); what a
+//! killed process leaves behind, [`Storage::abort_stale_uploads`] removes.
+//!
+//! **Secrets.** The secret key lives in [`Secret`], whose `Debug` prints `<redacted>`; no
+//! `Display`, location or error text contains it.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::Credentials;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_runtime_api::client::http::{HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::client::result::ConnectorError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::body::SdkBody;
+use bytes::{Buf, Bytes};
+
+use super::{
+    validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode,
+    PutOutcome, Storage, StorageError, StorageErrorKind,
+};
+
+/// How often a call waiting on the runtime looks at its [`Ctx`] (cancellation has no wake-up).
+const CTX_POLL: Duration = Duration::from_millis(50);
+/// S3's smallest part (all but the last); also our default is a few of them.
+pub const MIN_PART_SIZE: usize = 5 << 20;
+pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+/// Attempts per request, the first included.
+pub const MAX_ATTEMPTS: u32 = 4;
+
+/// A secret string: compared and cloned, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the S3 client's credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum S3Credentials {
+    /// The SDK's standard chain: environment (`AWS_ACCESS_KEY_ID`...), profile files, web
+    /// identity (EKS IRSA), ECS and EC2 instance metadata.
+    DefaultChain,
+    /// Keys from the configuration.
+    Static { access_key_id: String, secret_access_key: Secret },
+    /// An access key id, and a file holding the secret key (read when the store is opened).
+    SecretFile { access_key_id: String, secret_access_key_file: PathBuf },
+}
+
+/// Bounds on every network wait; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct S3Timeouts {
+    /// TCP connect and TLS handshake.
+    pub connect: Duration,
+    /// One attempt of a request, from sending it to the response headers (uploads included).
+    pub request: Duration,
+    /// Silence while streaming a response body.
+    pub read_idle: Duration,
+}
+
+impl Default for S3Timeouts {
+    fn default() -> S3Timeouts {
+        S3Timeouts { connect: Duration::from_secs(10), request: Duration::from_secs(120), read_idle: Duration::from_secs(60) }
+    }
+}
+
+/// A repository in a bucket, as the configuration names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Keys are stored under it: empty, or ending in `/`.
+    pub prefix: String,
+    pub region: String,
+    /// `https://host:port` of an S3-compatible store; `None` for AWS.
+    pub endpoint: Option<String>,
+    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`.
+    pub force_path_style: bool,
+    pub credentials: S3Credentials,
+    /// PEM bundle of the CAs to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Accept TLS 1.2 (TLS 1.3 only otherwise).
+    pub allow_tls12: bool,
+    pub timeouts: S3Timeouts,
+    /// Bytes per multipart part, at least [`MIN_PART_SIZE`]; objects up to it are one request.
+    pub part_size: usize,
+}
+
+impl S3Location {
+    /// A bucket with defaults: AWS endpoint, virtual-host style, the default credential chain.
+    pub fn new(bucket: &str, prefix: &str, region: &str) -> S3Location {
+        S3Location {
+            bucket: bucket.to_string(),
+            prefix: normalize_prefix(prefix),
+            region: region.to_string(),
+            endpoint: None,
+            force_path_style: false,
+            credentials: S3Credentials::DefaultChain,
+            ca_file: None,
+            allow_tls12: false,
+            timeouts: S3Timeouts::default(),
+            part_size: DEFAULT_PART_SIZE,
+        }
+    }
+
+    /// `s3://bucket/prefix`, for messages: no endpoint credentials, no keys.
+    pub fn url(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
+/// `a/b` and `/a/b/` both mean `a/b/`; empty stays empty.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let p = prefix.trim_matches('/');
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("{p}/")
+    }
+}
+
+/// The process's runtime for async backends, started on first use with signals blocked.
+fn runtime() -> Result<&'static tokio::runtime::Runtime, StorageError> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    let rt = RUNTIME.get_or_init(|| {
+        let build = |_: usize| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("storage-io")
+                // Threads inherit the mask of the thread that spawns them, and ours are spawned
+                // by our (blocked) threads; this also covers a blocking-pool thread that some
+                // code starts from an outside thread.
+                .on_thread_start(block_all_signals)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        };
+        std::thread::scope(|scope| {
+            let handles = crate::threads::spawn_blocking_signals(scope, 1, &build);
+            handles.into_iter().next().expect("one thread").join().unwrap_or_else(|_| Err("runtime start panicked".into()))
+        })
+    });
+    rt.as_ref()
+        .map_err(|e| StorageError::new(StorageErrorKind::Other, "starting the I/O runtime for", "").with_source(e.clone()))
+}
+
+fn block_all_signals() {
+    // SAFETY: plain libc calls on an initialized sigset_t, changing only this thread's mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+/// Run `fut` as a task of the runtime and wait for it on this thread, unless `ctx` is cancelled
+/// or past its deadline first (then the task is aborted, and its request with it).
+///
+/// A task, not a future polled here: what a request starts (connections, DNS lookups on the
+/// blocking pool) is then spawned from the runtime's threads, never from the caller's, so it
+/// inherits their blocked signal mask.
+fn block_on<F>(ctx: &Ctx, op: &'static str, key: &str, fut: F) -> Result<F::Output, StorageError>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    ctx.check(op, key)?;
+    let mut task = runtime()?.spawn(fut);
+    let out = wait(ctx, op, key, &mut task);
+    if out.is_err() {
+        task.abort();
+    }
+    out?.map_err(|e| StorageError::new(StorageErrorKind::Other, op, key).with_source(e))
+}
+
+/// Wait on this thread for a task's result (a future that spawns nothing), watching `ctx`.
+fn wait<T>(ctx: &Ctx, op: &'static str, key: &str, task: &mut tokio::task::JoinHandle<T>) -> Result<Result<T, tokio::task::JoinError>, StorageError> {
+    ctx.check(op, key)?;
+    runtime()?.block_on(async {
+        let mut tick = pin!(tokio::time::sleep(CTX_POLL));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = std::pin::Pin::new(&mut *task).poll(cx) {
+                return Poll::Ready(Ok(v));
+            }
+            while tick.as_mut().poll(cx).is_ready() {
+                if let Err(e) = ctx.check(op, key) {
+                    return Poll::Ready(Err(e));
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + CTX_POLL);
+            }
+            Poll::Pending
+        })
+        .await
+    })
+}
+
+#[derive(Clone)]
+pub struct S3Storage {
+    client: Client,
+    location: S3Location,
+    /// To scrub from any text we build, whatever a lower layer might have echoed.
+    secret: Option<Secret>,
+}
+
+impl fmt::Debug for S3Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Storage")
+            .field("location", &self.location.url())
+            .field("region", &self.location.region)
+            .field("endpoint", &self.location.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What went wrong, in words, with the SDK's error as the source.
+#[derive(Debug)]
+struct S3Failure {
+    message: String,
+    source: Option<super::BoxError>,
+}
+
+impl fmt::Display for S3Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for S3Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+fn failure(kind: StorageErrorKind, op: &'static str, key: &str, message: String) -> StorageError {
+    StorageError::new(kind, op, key).with_source(S3Failure { message, source: None })
+}
+
+impl S3Storage {
+    /// Build the client: TLS settings, credentials, timeouts. Sends no request.
+    pub fn open(location: &S3Location) -> Result<S3Storage, StorageError> {
+        let url = location.url();
+        let bad = |message: String| failure(StorageErrorKind::Other, "opening", &url, message);
+        if location.bucket.is_empty() {
+            return Err(bad("no bucket configured".into()));
+        }
+        if location.part_size < MIN_PART_SIZE {
+            return Err(bad(format!("part size {} is below S3's minimum of {MIN_PART_SIZE} bytes", location.part_size)));
+        }
+        if let Some(endpoint) = &location.endpoint {
+            check_endpoint(endpoint).map_err(bad)?;
+        }
+        let secret = match &location.credentials {
+            S3Credentials::DefaultChain => None,
+            S3Credentials::Static { access_key_id, secret_access_key } => Some((access_key_id.clone(), secret_access_key.clone())),
+            S3Credentials::SecretFile { access_key_id, secret_access_key_file } => {
+                let text = std::fs::read_to_string(secret_access_key_file).map_err(|e| {
+                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(S3Failure {
+                        message: format!("cannot read secret_access_key_file {}", secret_access_key_file.display()),
+                        source: Some(Box::new(e)),
+                    })
+                })?;
+                let secret = text.trim();
+                if secret.is_empty() {
+                    return Err(bad(format!("secret_access_key_file {} is empty", secret_access_key_file.display())));
+                }
+                Some((access_key_id.clone(), Secret::new(secret)))
+            }
+        };
+        let tls = tls_config(location).map_err(bad)?;
+        let http = TlsHttpClient { tls: Arc::new(tls), timeouts: location.timeouts, allow_tls12: location.allow_tls12 };
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(location.timeouts.connect)
+            .read_timeout(location.timeouts.request)
+            .operation_attempt_timeout(location.timeouts.request + location.timeouts.connect)
+            .build();
+        let retry = RetryConfig::standard()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(10));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(location.region.clone()))
+            .http_client(http)
+            .timeout_config(timeouts)
+            .retry_config(retry);
+        if let Some(endpoint) = &location.endpoint {
+            loader = loader.endpoint_url(endpoint.trim_end_matches('/'));
+        }
+        if let Some((id, secret)) = &secret {
+            loader = loader.credentials_provider(Credentials::new(id, secret.expose(), None, None, "pg_backup_ext configuration"));
+        }
+        // Reads the environment and profile files only; bounded all the same.
+        let sdk = block_on(&Ctx::background().with_timeout(Duration::from_secs(30)), "opening", &url, loader.load())?;
+        // AWS_ENDPOINT_URL or a profile may name an endpoint too: the same rule applies.
+        if let Some(endpoint) = sdk.endpoint_url() {
+            check_endpoint(endpoint).map_err(bad)?;
+        }
+        let config = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(location.force_path_style).build();
+        Ok(S3Storage { client: Client::from_conf(config), location: location.clone(), secret: secret.map(|(_, s)| s) })
+    }
+
+    pub fn s3_location(&self) -> &S3Location {
+        &self.location
+    }
+
+    /// Create the bucket (tests and setup; a repository never creates its bucket by itself).
+    pub fn create_bucket(&self, ctx: &Ctx) -> Result<(), StorageError> {
+        let bucket = &self.location.bucket;
+        let mut request = self.client.create_bucket().bucket(bucket);
+        // us-east-1 is the one region that must not be named.
+        if self.location.region != "us-east-1" {
+            let constraint = aws_sdk_s3::types::BucketLocationConstraint::from(self.location.region.as_str());
+            request = request.create_bucket_configuration(
+                aws_sdk_s3::types::CreateBucketConfiguration::builder().location_constraint(constraint).build(),
+            );
+        }
+        let r = block_on(ctx, "creating bucket", bucket, request.send())?;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(self.fail("creating bucket", bucket, e)),
+        }
+    }
+
+    fn full_key(&self, key: &str) -> Result<String, StorageError> {
+        validate_key(key)?;
+        Ok(format!("{}{key}", self.location.prefix))
+    }
+
+    fn full_prefix(&self, prefix: &str) -> Result<String, StorageError> {
+        validate_prefix(prefix)?;
+        Ok(format!("{}{prefix}", self.location.prefix))
+    }
+
+    fn meta(&self, full_key: &str, size: Option<i64>, modified: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<ObjectMeta> {
+        let key = full_key.strip_prefix(&self.location.prefix)?;
+        Some(ObjectMeta {
+            key: key.to_string(),
+            size: size.unwrap_or(0).max(0) as u64,
+            modified: modified.and_then(|d| SystemTime::try_from(*d).ok()),
+        })
+    }
+
+    fn scrub(&self, text: String) -> String {
+        match &self.secret {
+            Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "<redacted>"),
+            _ => text,
+        }
+    }
+
+    /// An SDK error as a [`StorageError`] of the kind a caller can act on, with a sentence.
+    fn fail<E>(&self, op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (kind, hint) = classify(&err, &self.location);
+        let detail = match &err {
+            SdkError::ServiceError(s) => {
+                let status = s.raw().status().as_u16();
+                match (s.err().code(), s.err().message()) {
+                    (Some(code), Some(msg)) => format!("{code} (HTTP {status}): {msg}"),
+                    (Some(code), None) => format!("{code} (HTTP {status})"),
+                    _ => format!("HTTP {status}"),
+                }
+            }
+            other => tls_refusal(other).unwrap_or_else(|| root_cause(other)),
+        };
+        let message = match hint {
+            Some(h) => format!("{}: {h} [{detail}]", self.location.url()),
+            None => format!("{}: {detail}", self.location.url()),
+        };
+        StorageError::new(kind, op, key).with_source(S3Failure { message: self.scrub(message), source: Some(Box::new(err)) })
+    }
+}
+
+/// Remote endpoints speak TLS; plain HTTP only to this machine (an emulator).
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    // Never echoed: `user:password@` would be printed with it.
+    if endpoint.contains('@') {
+        return Err("the endpoint URL must not hold credentials (user@ or user:password@); use access_key_id and secret_access_key".into());
+    }
+    let uri: http::Uri = endpoint.parse().map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("endpoint {endpoint:?} has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") => {
+            let h = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!("endpoint {endpoint} is plain HTTP; remote endpoints must use https:// (plain HTTP is accepted only on loopback addresses)"))
+            }
+        }
+        _ => Err(format!("endpoint {endpoint:?} must start with https://")),
+    }
+}
+
+/// rustls with TLS 1.3 only (1.2 too when allowed), verifying against the system roots or
+/// against `ca_file` only.
+fn tls_config(location: &S3Location) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &location.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            use rustls::pki_types::pem::PemObject;
+            let mut count = 0;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("ca_file {}: not a PEM certificate bundle: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("ca_file {}: unusable certificate: {e}", path.display()))?;
+                count += 1;
+            }
+            if count == 0 {
+                return Err(format!("ca_file {} holds no PEM certificate", path.display()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err("no trusted CA certificates found on this system; install ca-certificates or set ca_file".into());
+            }
+        }
+    }
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        if location.allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// The SDK's HTTP client: hyper over our rustls configuration.
+#[derive(Clone, Debug)]
+struct TlsHttpClient {
+    tls: Arc<rustls::ClientConfig>,
+    timeouts: S3Timeouts,
+    allow_tls12: bool,
+}
+
+type HyperClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    SdkBody,
+>;
+
+#[derive(Clone, Debug)]
+struct TlsConnector {
+    client: HyperClient,
+    response_timeout: Duration,
+    allow_tls12: bool,
+}
+
+impl HttpClient for TlsHttpClient {
+    fn http_connector(&self, settings: &HttpConnectorSettings, _components: &RuntimeComponents) -> SharedHttpConnector {
+        // The SDK's own callers (instance metadata, STS) ask for shorter timeouts; honour them.
+        let connect = settings.connect_timeout().unwrap_or(self.timeouts.connect);
+        let response_timeout = settings.read_timeout().unwrap_or(self.timeouts.request);
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(connect));
+        tcp.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*self.tls).clone())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(https);
+        SharedHttpConnector::new(TlsConnector { client, response_timeout, allow_tls12: self.allow_tls12 })
+    }
+}
+
+impl HttpConnector for TlsConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let client = self.client.clone();
+        let timeout = self.response_timeout;
+        let allow_tls12 = self.allow_tls12;
+        HttpConnectorFuture::new(async move {
+            let request = request.try_into_http1x().map_err(|e| ConnectorError::user(e.into()))?;
+            let host = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+            let response = match tokio::time::timeout(timeout, client.request(request)).await {
+                Err(_) => return Err(ConnectorError::timeout(format!("no response from {host} within {timeout:?}").into())),
+                Ok(Err(e)) => return Err(connector_error(e, &host, allow_tls12)),
+                Ok(Ok(r)) => r,
+            };
+            HttpResponse::try_from(response.map(SdkBody::from_body_1_x)).map_err(|e| ConnectorError::other(e.into(), None))
+        })
+    }
+}
+
+/// A TLS refusal in words; not retried (it will not heal by itself).
+#[derive(Debug)]
+struct TlsRefused {
+    message: String,
+    source: hyper_util::client::legacy::Error,
+}
+
+impl fmt::Display for TlsRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TlsRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+fn connector_error(e: hyper_util::client::legacy::Error, host: &str, allow_tls12: bool) -> ConnectorError {
+    let mut timed_out = false;
+    let mut tls = None;
+    walk_chain(&e, &mut |err| {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            tls.get_or_insert_with(|| tls_message(t, host, allow_tls12));
+        }
+        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
+            timed_out = true;
+        }
+    });
+    if let Some(message) = tls {
+        return ConnectorError::other(Box::new(TlsRefused { message, source: e }), None);
+    }
+    if timed_out {
+        return ConnectorError::timeout(format!("connecting to {host} timed out").into());
+    }
+    ConnectorError::io(e.into())
+}
+
+/// Every error of a chain, including those an `io::Error` wraps (its `source()` skips them).
+fn walk_chain(err: &(dyn std::error::Error + 'static), visit: &mut dyn FnMut(&(dyn std::error::Error + 'static))) {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        visit(e);
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            walk_chain(inner, visit);
+        }
+        next = e.source();
+    }
+}
+
+fn tls_message(e: &rustls::Error, host: &str, allow_tls12: bool) -> String {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let wanted = if allow_tls12 { "TLS 1.3 or 1.2" } else { "TLS 1.3" };
+    match e {
+        Error::AlertReceived(AlertDescription::ProtocolVersion) | Error::PeerIncompatible(_) if !allow_tls12 => format!(
+            "TLS handshake with {host} refused: the server offers no TLS 1.3 (protocol version not accepted: {e}); \
+             TLS 1.3 is required; upgrade the endpoint, or set allow_tls12 = true for this repository to accept TLS 1.2"
+        ),
+        Error::AlertReceived(AlertDescription::ProtocolVersion) | Error::PeerIncompatible(_) => {
+            format!("TLS handshake with {host} refused: the server offers neither {wanted} ({e})")
+        }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "TLS certificate of {host} is not trusted (unknown issuer); if the endpoint uses a private CA, set ca_file to its PEM bundle"
+        ),
+        Error::InvalidCertificate(c) => format!("TLS certificate of {host} rejected: {c:?}"),
+        other => format!("TLS handshake with {host} failed ({wanted} required): {other}"),
+    }
+}
+
+/// The innermost message of an error chain (the outer ones are the SDK's generic words).
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = String::new();
+    walk_chain(err, &mut |e| last = e.to_string());
+    last
+}
+
+/// The TLS sentence of a dispatch failure, if that is what it is.
+fn tls_refusal<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> Option<String> {
+    let mut found = None;
+    walk_chain(err, &mut |e| {
+        if let Some(t) = e.downcast_ref::<TlsRefused>() {
+            found.get_or_insert_with(|| t.message.clone());
+        }
+    });
+    found
+}
+
+/// The kind of an SDK error, and a hint when we know what the user should do.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+    location: &S3Location,
+) -> (StorageErrorKind, Option<String>) {
+    use StorageErrorKind as K;
+    match err {
+        SdkError::TimeoutError(_) => (K::Timeout, None),
+        SdkError::DispatchFailure(d) if d.is_timeout() => (K::Timeout, None),
+        SdkError::DispatchFailure(d) if d.is_io() => (K::Transient, None),
+        SdkError::DispatchFailure(_) if tls_refusal(err).is_some() => (K::Other, None),
+        SdkError::ResponseError(_) => (K::Transient, None),
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            match (s.err().code().unwrap_or(""), status) {
+                ("NoSuchBucket", _) => (
+                    K::NotFound,
+                    Some(format!(
+                        "bucket {:?} does not exist{}; create it (or fix the bucket name)",
+                        location.bucket,
+                        location.endpoint.as_deref().map(|e| format!(" at {e}")).unwrap_or_else(|| format!(" in region {}", location.region))
+                    )),
+                ),
+                ("NoSuchKey" | "NotFound" | "NoSuchUpload", _) | (_, 404) => (K::NotFound, None),
+                ("PreconditionFailed", _) | (_, 412) => (K::Precondition, None),
+                ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired", _) => {
+                    (K::Unauthenticated, Some("the store refuses our credentials; check access_key_id / secret_access_key or the credential chain".into()))
+                }
+                ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | (_, 403) => (K::Permission, None),
+                ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout" | "InternalError" | "ServiceUnavailable", _)
+                | ("ConditionalRequestConflict" | "OperationAborted", _)
+                | (_, 429 | 500..=599) => (K::Transient, None),
+                _ => (K::Other, None),
+            }
+        }
+        _ => {
+            let text = DisplayErrorContext(err).to_string();
+            if text.contains("credentials") || text.contains("identity") {
+                (K::Unauthenticated, Some("no usable credentials: set access_key_id and secret_access_key, or provide them through the environment, a profile, web identity or instance metadata".into()))
+            } else {
+                (K::Other, None)
+            }
+        }
+    }
+}
+
+fn service_code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> (Option<&str>, Option<u16>) {
+    match err {
+        SdkError::ServiceError(s) => (s.err().code(), Some(s.raw().status().as_u16())),
+        _ => (None, None),
+    }
+}
+
+fn is_precondition<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    matches!(service_code(err), (Some("PreconditionFailed"), _) | (_, Some(412)))
+}
+
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        self.location.url()
+    }
+
+    fn writer(&self, ctx: &Ctx, key: &str, mode: PutMode) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
+        let full = self.full_key(key)?;
+        ctx.check("writing", key)?;
+        Ok(Box::new(S3Writer {
+            store: self,
+            ctx: ctx.clone(),
+            key: key.to_string(),
+            full,
+            mode,
+            buf: Vec::new(),
+            upload: None,
+        }))
+    }
+
+    fn get_range(&self, ctx: &Ctx, key: &str, range: ByteRange) -> Result<ObjectReader<'_>, StorageError> {
+        let full = self.full_key(key)?;
+        ctx.check("reading", key)?;
+        let header = match range {
+            ByteRange::Bounded(r) if r.start >= r.end => None,
+            ByteRange::Suffix(0) => None,
+            ByteRange::Bounded(r) if r.start == 0 && r.end == u64::MAX => Some(None),
+            ByteRange::Bounded(r) if r.end == u64::MAX => Some(Some(format!("bytes={}-", r.start))),
+            ByteRange::Bounded(r) => Some(Some(format!("bytes={}-{}", r.start, r.end - 1))),
+            ByteRange::Suffix(n) => Some(Some(format!("bytes=-{n}"))),
+        };
+        let Some(header) = header else {
+            // Nothing to read, but a missing object is still an error.
+            return match self.head(ctx, key)? {
+                Some(_) => Ok(Box::new(io::empty())),
+                None => Err(StorageError::not_found("reading", key)),
+            };
+        };
+        let request = self.client.get_object().bucket(&self.location.bucket).key(&full).set_range(header);
+        match block_on(ctx, "reading", key, request.send())? {
+            Ok(out) => Ok(Box::new(S3Reader {
+                ctx: ctx.clone(),
+                key: key.to_string(),
+                body: Some(out.body),
+                chunk: Bytes::new(),
+                idle: self.location.timeouts.read_idle,
+                done: false,
+            })),
+            // A range starting at or past the end: no bytes, as from a file.
+            Err(e) if matches!(service_code(&e), (Some("InvalidRange"), _) | (_, Some(416))) => Ok(Box::new(io::empty())),
+            Err(e) => Err(self.fail("reading", key, e)),
+        }
+    }
+
+    fn head(&self, ctx: &Ctx, key: &str) -> Result<Option<ObjectMeta>, StorageError> {
+        let full = self.full_key(key)?;
+        let request = self.client.head_object().bucket(&self.location.bucket).key(&full);
+        match block_on(ctx, "inspecting", key, request.send())? {
+            Ok(out) => Ok(self.meta(&full, out.content_length(), out.last_modified())),
+            // HEAD has no body: a 404 cannot tell a missing key from a missing bucket.
+            Err(e) if matches!(service_code(&e), (_, Some(404))) || e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(self.fail("inspecting", key, e)),
+        }
+    }
+
+    fn list(&self, ctx: &Ctx, prefix: &str) -> Result<ObjectStream<'_>, StorageError> {
+        let full = self.full_prefix(prefix)?;
+        ctx.check("listing", prefix)?;
+        let mut pages = ListPages {
+            store: self,
+            ctx: ctx.clone(),
+            prefix: prefix.to_string(),
+            full,
+            token: None,
+            page: Vec::new().into_iter(),
+            finished: false,
+        };
+        // The first page now: a missing bucket or a refusal surfaces here, not mid-iteration.
+        pages.fetch()?;
+        Ok(Box::new(pages))
+    }
+
+    fn list_with_delimiter(&self, ctx: &Ctx, prefix: &str) -> Result<Listing, StorageError> {
+        let full = self.full_prefix(prefix)?;
+        let mut listing = Listing::default();
+        let mut token = None;
+        loop {
+            let request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.location.bucket)
+                .prefix(&full)
+                .delimiter("/")
+                .set_continuation_token(token.take());
+            let out = block_on(ctx, "listing", prefix, request.send())?.map_err(|e| self.fail("listing", prefix, e))?;
+            for p in out.common_prefixes() {
+                if let Some(p) = p.prefix().and_then(|p| p.strip_prefix(&self.location.prefix)) {
+                    listing.prefixes.push(p.to_string());
+                }
+            }
+            for o in out.contents() {
+                if let Some(m) = o.key().and_then(|k| self.meta(k, o.size(), o.last_modified())) {
+                    listing.objects.push(m);
+                }
+            }
+            token = out.next_continuation_token().map(str::to_string);
+            if !out.is_truncated().unwrap_or(false) || token.is_none() {
+                return Ok(listing);
+            }
+        }
+    }
+
+    fn delete(&self, ctx: &Ctx, key: &str) -> Result<(), StorageError> {
+        let full = self.full_key(key)?;
+        let request = self.client.delete_object().bucket(&self.location.bucket).key(&full);
+        match block_on(ctx, "deleting", key, request.send())? {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(service_code(&e), (Some("NoSuchKey"), _)) => Ok(()),
+            Err(e) => Err(self.fail("deleting", key, e)),
+        }
+    }
+
+    fn abort_stale_uploads(&self, ctx: &Ctx, prefix: &str, older_than: Duration) -> Result<u64, StorageError> {
+        let full = self.full_prefix(prefix)?;
+        let cutoff = SystemTime::now().checked_sub(older_than).unwrap_or(SystemTime::UNIX_EPOCH);
+        let op = "aborting uploads under";
+        let (mut key_marker, mut id_marker) = (None, None);
+        let mut aborted = 0;
+        loop {
+            let request = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.location.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take());
+            let out = block_on(ctx, op, prefix, request.send())?.map_err(|e| self.fail(op, prefix, e))?;
+            for u in out.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+                let started = u.initiated().and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
+                if started > cutoff {
+                    continue;
+                }
+                let abort = self.client.abort_multipart_upload().bucket(&self.location.bucket).key(key).upload_id(id);
+                match block_on(ctx, op, prefix, abort.send())? {
+                    Ok(_) => aborted += 1,
+                    // Completed or aborted by someone else meanwhile.
+                    Err(e) if matches!(service_code(&e), (Some("NoSuchUpload"), _) | (_, Some(404))) => {}
+                    Err(e) => return Err(self.fail(op, key.strip_prefix(&self.location.prefix).unwrap_or(key), e)),
+                }
+            }
+            key_marker = out.next_key_marker().map(str::to_string);
+            id_marker = out.next_upload_id_marker().map(str::to_string);
+            if !out.is_truncated().unwrap_or(false) || key_marker.is_none() {
+                return Ok(aborted);
+            }
+        }
+    }
+}
+
+/// `ListObjectsV2`, one page in memory at a time.
+struct ListPages<'a> {
+    store: &'a S3Storage,
+    ctx: Ctx,
+    prefix: String,
+    full: String,
+    token: Option<String>,
+    page: std::vec::IntoIter<ObjectMeta>,
+    finished: bool,
+}
+
+impl ListPages<'_> {
+    fn fetch(&mut self) -> Result<(), StorageError> {
+        let s = self.store;
+        let request = s.client.list_objects_v2().bucket(&s.location.bucket).prefix(&self.full).set_continuation_token(self.token.take());
+        let out = block_on(&self.ctx, "listing", &self.prefix, request.send())?.map_err(|e| s.fail("listing", &self.prefix, e))?;
+        self.page = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().and_then(|k| s.meta(k, o.size(), o.last_modified())))
+            .collect::<Vec<_>>()
+            .into_iter();
+        self.token = out.next_continuation_token().map(str::to_string);
+        self.finished = !out.is_truncated().unwrap_or(false) || self.token.is_none();
+        Ok(())
+    }
+}
+
+impl Iterator for ListPages<'_> {
+    type Item = Result<ObjectMeta, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(m) = self.page.next() {
+                return Some(Ok(m));
+            }
+            if self.finished {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.finished = true;
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+/// A response body read chunk by chunk, each wait bounded and watching the `Ctx`.
+struct S3Reader {
+    ctx: Ctx,
+    key: String,
+    /// `None` once a read was abandoned half-way (cancelled, timed out).
+    body: Option<ByteStream>,
+    chunk: Bytes,
+    idle: Duration,
+    done: bool,
+}
+
+impl Read for S3Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.ctx.check_io("reading", &self.key)?;
+        while self.chunk.is_empty() {
+            if self.done || buf.is_empty() {
+                return Ok(0);
+            }
+            let idle = self.idle;
+            let Some(mut body) = self.body.take() else {
+                return Err(io::Error::other(failure(StorageErrorKind::Other, "reading", &self.key, "body abandoned by an earlier failure".into())));
+            };
+            let fetch = async move {
+                let next = tokio::time::timeout(idle, body.try_next()).await;
+                (body, next)
+            };
+            let (body, next) = block_on(&self.ctx, "reading", &self.key, fetch).map_err(io::Error::other)?;
+            self.body = Some(body);
+            let key = &self.key;
+            match next {
+                Err(_) => {
+                    let e = failure(StorageErrorKind::Timeout, "reading", key, format!("no data for {idle:?} while reading the body"));
+                    return Err(io::Error::other(e));
+                }
+                Ok(Err(e)) => return Err(io::Error::other(StorageError::new(StorageErrorKind::Transient, "reading", key).with_source(e))),
+                Ok(Ok(None)) => self.done = true,
+                Ok(Ok(Some(bytes))) => self.chunk = bytes,
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
+
+type PartResult = Result<CompletedPart, StorageError>;
+
+struct Multipart {
+    upload_id: String,
+    parts: Vec<CompletedPart>,
+    /// The part being sent while the next one fills.
+    in_flight: Option<tokio::task::JoinHandle<PartResult>>,
+}
+
+struct S3Writer<'a> {
+    store: &'a S3Storage,
+    ctx: Ctx,
+    key: String,
+    full: String,
+    mode: PutMode,
+    buf: Vec<u8>,
+    upload: Option<Multipart>,
+}
+
+impl S3Writer<'_> {
+    /// Wait for the part in flight, if any.
+    fn settle(&mut self) -> Result<(), StorageError> {
+        let Some(up) = self.upload.as_mut() else { return Ok(()) };
+        if let Some(handle) = up.in_flight.as_mut() {
+            let joined = wait(&self.ctx, "writing", &self.key, handle)?;
+            up.in_flight = None;
+            let part = joined.map_err(|e| StorageError::new(StorageErrorKind::Other, "writing", &self.key).with_source(e))??;
+            up.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Send the buffer as the next part (starting the upload first if need be).
+    fn ship_part(&mut self) -> Result<(), StorageError> {
+        let s = self.store;
+        if self.upload.is_none() {
+            let request = s.client.create_multipart_upload().bucket(&s.location.bucket).key(&self.full);
+            let out = block_on(&self.ctx, "writing", &self.key, request.send())?.map_err(|e| s.fail("writing", &self.key, e))?;
+            let upload_id = out.upload_id().ok_or_else(|| {
+                failure(StorageErrorKind::Other, "writing", &self.key, "CreateMultipartUpload returned no upload id".into())
+            })?;
+            self.upload = Some(Multipart { upload_id: upload_id.to_string(), parts: Vec::new(), in_flight: None });
+        }
+        self.settle()?;
+        let up = self.upload.as_mut().expect("started above");
+        let number = up.parts.len() as i32 + 1;
+        let body = std::mem::replace(&mut self.buf, Vec::with_capacity(s.location.part_size));
+        let request = s
+            .client
+            .upload_part()
+            .bucket(&s.location.bucket)
+            .key(&self.full)
+            .upload_id(&up.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(body));
+        // The task cannot borrow the store: it gets a handle of its own (the client is shared).
+        let (key, store) = (self.key.clone(), s.clone());
+        up.in_flight = Some(runtime()?.spawn(async move {
+            match request.send().await {
+                Ok(out) => Ok(CompletedPart::builder().part_number(number).set_e_tag(out.e_tag().map(str::to_string)).build()),
+                Err(e) => Err(store.fail("writing", &key, e)),
+            }
+        }));
+        Ok(())
+    }
+
+    fn put_whole(&mut self) -> Result<PutOutcome, StorageError> {
+        let s = self.store;
+        let body = std::mem::take(&mut self.buf);
+        let mut request = s.client.put_object().bucket(&s.location.bucket).key(&self.full).body(ByteStream::from(body));
+        if self.mode == PutMode::IfAbsent {
+            request = request.if_none_match("*");
+        }
+        match block_on(&self.ctx, "committing", &self.key, request.send())? {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if self.mode == PutMode::IfAbsent && is_precondition(&e) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(s.fail("committing", &self.key, e)),
+        }
+    }
+
+    fn complete(&mut self) -> Result<PutOutcome, StorageError> {
+        let s = self.store;
+        if !self.buf.is_empty() {
+            self.ship_part()?;
+        }
+        self.settle()?;
+        // The fallback for stores that ignore If-None-Match on completion (see the module docs);
+        // the upload stays open and dropping the writer aborts it.
+        if self.mode == PutMode::IfAbsent && s.head(&self.ctx, &self.key)?.is_some() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let up = self.upload.as_ref().expect("multipart upload");
+        let parts = CompletedMultipartUpload::builder().set_parts(Some(up.parts.clone())).build();
+        let mut request = s
+            .client
+            .complete_multipart_upload()
+            .bucket(&s.location.bucket)
+            .key(&self.full)
+            .upload_id(&up.upload_id)
+            .multipart_upload(parts);
+        if self.mode == PutMode::IfAbsent {
+            request = request.if_none_match("*");
+        }
+        match block_on(&self.ctx, "committing", &self.key, request.send())? {
+            Ok(_) => {
+                self.upload = None;
+                Ok(PutOutcome::Created)
+            }
+            // The upload is still open: dropping the writer aborts it.
+            Err(e) if self.mode == PutMode::IfAbsent && is_precondition(&e) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(s.fail("committing", &self.key, e)),
+        }
+    }
+}
+
+impl Write for S3Writer<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.ctx.check_io("writing", &self.key)?;
+        let part_size = self.store.location.part_size;
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(part_size.min(data.len().max(64 << 10)));
+        }
+        let n = data.len().min(part_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == part_size {
+            self.ship_part().map_err(io::Error::other)?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for S3Writer<'_> {
+    fn commit(mut self: Box<Self>) -> Result<PutOutcome, StorageError> {
+        self.ctx.check("committing", &self.key)?;
+        if self.upload.is_none() {
+            self.put_whole()
+        } else {
+            self.complete()
+        }
+    }
+}
+
+impl Drop for S3Writer<'_> {
+    fn drop(&mut self) {
+        let Some(up) = self.upload.take() else { return };
+        if let Some(handle) = up.in_flight {
+            handle.abort();
+        }
+        // Best effort and bounded, even when the writer's own Ctx is cancelled; a failure
+        // leaves the upload to abort_stale_uploads.
+        let s = self.store;
+        let abort = s.client.abort_multipart_upload().bucket(&s.location.bucket).key(&self.full).upload_id(&up.upload_id);
+        let _ = block_on(&Ctx::background().with_timeout(Duration::from_secs(10)), "aborting upload of", &self.key, abort.send());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Its threads must never run a signal handler (a PostgreSQL backend's handlers belong to
+    /// its main thread), also the blocking-pool threads started later for DNS lookups.
+    #[test]
+    fn runtime_threads_block_every_signal() {
+        let rt = runtime().unwrap();
+        let blocked = |_: ()| {
+            // SAFETY: reads this thread's signal mask into a zeroed sigset_t.
+            unsafe {
+                let mut mask: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
+                [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP].iter().all(|s| libc::sigismember(&mask, *s) == 1)
+            }
+        };
+        assert!(rt.block_on(rt.spawn(async move { blocked(()) })).unwrap(), "a worker thread takes signals");
+        let from_worker = rt.spawn(async move { tokio::task::spawn_blocking(move || blocked(())).await.unwrap() });
+        assert!(rt.block_on(from_worker).unwrap(), "a blocking-pool thread (as for DNS) takes signals");
+        assert!(rt.block_on(rt.spawn_blocking(move || blocked(()))).unwrap(), "a blocking-pool thread started from outside takes signals");
+        assert!(!blocked(()), "the test thread itself should take signals");
+    }
+
+    #[test]
+    fn endpoints_and_prefixes() {
+        assert!(check_endpoint("https://s3.eu-west-1.amazonaws.com").is_ok());
+        assert!(check_endpoint("http://127.0.0.1:9000").is_ok());
+        assert!(check_endpoint("http://[::1]:9000").is_ok());
+        assert!(check_endpoint("http://localhost:9000").is_ok());
+        assert!(check_endpoint("http://minio.lan:9000").unwrap_err().contains("must use https://"));
+        assert!(check_endpoint("ftp://x").is_err());
+        let e = check_endpoint("https://AKID:topsecret@minio.lan").unwrap_err();
+        assert!(!e.contains("topsecret") && e.contains("must not hold credentials"), "{e}");
+        assert_eq!(normalize_prefix("/a/b/"), "a/b/");
+        assert_eq!(normalize_prefix("a"), "a/");
+        assert_eq!(normalize_prefix(""), "");
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+}

@@ -406,12 +406,21 @@ fn repository_named_in_a_repos_table() {
     assert_eq!(fetched.len(), WAL_SEGMENT_SIZE);
     assert!(fetched == fs::read(&via_path).unwrap(), "the two configurations read different bytes");
 
-    let unknown = archiver.dir().write("s3.toml", "[[repos]]\nname = \"offsite\"\ntype = \"s3\"\npath = \"/x\"\n");
+    let unknown = archiver.dir().write("ftp.toml", "[[repos]]\nname = \"offsite\"\ntype = \"ftp\"\npath = \"/x\"\n");
     let mut cmd = postgres_command(archiver_bin());
     cmd.arg("--config").arg(&unknown).arg("info");
     let r = run(cmd, COMMAND_TIMEOUT);
     assert_eq!(r.code, 1, "an unknown storage type: {r}");
-    assert!(r.stderr.contains("\"s3\"") && r.stderr.contains("offsite") && r.stderr.contains("local"), "the refusal must name the type, the repository and what is supported: {r}");
+    assert!(
+        r.stderr.contains("\"ftp\"") && r.stderr.contains("offsite") && r.stderr.contains("local") && r.stderr.contains("s3"),
+        "the refusal must name the type, the repository and what is supported: {r}"
+    );
+    // A known type with another type's settings is refused too, naming the setting.
+    let mixed = archiver.dir().write("s3.toml", "[[repos]]\nname = \"offsite\"\ntype = \"s3\"\npath = \"/x\"\n");
+    let mut cmd = postgres_command(archiver_bin());
+    cmd.arg("--config").arg(&mixed).arg("info");
+    let r = run(cmd, COMMAND_TIMEOUT);
+    assert!(r.code == 1 && r.stderr.contains("offsite") && r.stderr.contains("not path"), "an s3 repository with a path: {r}");
 }
 
 #[test]

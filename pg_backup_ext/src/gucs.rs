@@ -97,6 +97,13 @@ pub fn init() {
     }
 }
 
+/// The primary repository of that configuration, opened; errors as one line with their causes.
+pub fn open_repo() -> Result<backup_core::pg::PgRepo, String> {
+    use backup_core::error::report;
+    let config = load_config().map_err(|e| report(&e))?;
+    backup_core::pg::PgRepo::open(&config).map_err(|e| report(&e))
+}
+
 /// The database the scheduler works in.
 pub fn scheduler_database() -> String {
     SCHEDULER_DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".to_string())

@@ -19,8 +19,7 @@ use crate::catalog::{self, BackupStatus};
 use crate::gucs;
 
 fn open_repo() -> PgRepo {
-    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)));
-    PgRepo::open(&config).unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)))
+    gucs::open_repo().unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
 }
 
 fn parse_id(id: &str) -> BackupId {

@@ -116,8 +116,8 @@ fn scheduler_status() -> TableIterator<
         .map(|job: Job| {
             let last = last.iter().find(|r| r.job == job.name);
             let parsed = Schedule::parse(&job.cron, &job.time_zone);
-            // The same reckoning as the worker: the first run after the job's settled point.
-            let baseline = baselines.iter().find(|(n, _)| *n == job.name).map(|(_, b)| *b).unwrap_or(job.updated_at);
+            // The worker's reckoning: the first run after the job's settled point.
+            let baseline = job.baseline(&baselines);
             let next = match (&parsed, job.enabled) {
                 (Ok(s), true) => s.next_after(baseline),
                 _ => None,

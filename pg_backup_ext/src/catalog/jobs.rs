@@ -33,6 +33,12 @@ impl Job {
         self.options.get("catch_up").and_then(|v| v.as_bool()).unwrap_or_else(|| backup_core::jobs::catches_up_by_default(self.kind))
     }
 
+    /// Where this job's schedule resumes, from [`baselines`]: the one reckoning the worker and
+    /// `scheduler_status()` share, so the status predicts what the worker does.
+    pub fn baseline(&self, baselines: &[(String, DateTime<Utc>)]) -> DateTime<Utc> {
+        baselines.iter().find(|(n, _)| *n == self.name).map_or(self.updated_at, |(_, b)| *b)
+    }
+
     /// Backups a verify run checks at most.
     pub fn verify_count(&self) -> usize {
         self.options.get("count").and_then(|v| v.as_u64()).unwrap_or(3).clamp(1, 1000) as usize

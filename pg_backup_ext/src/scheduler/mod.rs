@@ -141,7 +141,7 @@ impl Scheduler {
                     continue;
                 }
             };
-            let baseline = baselines.iter().find(|(n, _)| *n == job.name).map(|(_, b)| *b).unwrap_or(job.updated_at);
+            let baseline = job.baseline(&baselines);
             let decision = jobs::decide(&schedule, job.catch_up(), baseline, now, self.up_since);
             if !decision.skipped.is_empty() {
                 transaction(|| {

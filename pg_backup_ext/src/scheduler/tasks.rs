@@ -15,11 +15,6 @@ use crate::catalog::{self, EventLevel};
 use crate::gucs;
 use crate::postgres::bgworker::{transaction, SqlError};
 
-fn open_repo() -> Result<PgRepo, String> {
-    let config = gucs::load_config().map_err(|e| report(&e))?;
-    PgRepo::open(&config).map_err(|e| report(&e))
-}
-
 fn failed(message: String) -> (RunStatus, String) {
     (RunStatus::Failed, message)
 }
@@ -33,7 +28,7 @@ pub fn verify(count: usize) -> (RunStatus, String) {
     if ids.is_empty() {
         return (RunStatus::Succeeded, "nothing to verify: every completed backup has been verified".to_string());
     }
-    let repo = match open_repo() {
+    let repo = match gucs::open_repo() {
         Ok(r) => r,
         Err(e) => return failed(e),
     };

@@ -362,6 +362,77 @@ fn the_secret_key_never_shows() {
     assert!(format!("{loc:?}").contains("<redacted>"));
 }
 
+/// One form POST to moto's IAM API (answered without a signature check while moto's
+/// unauthenticated allowance lasts); the response body.
+fn iam(port: u16, form: &str) -> String {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = "AWS4-HMAC-SHA256 Credential=AKIDSETUP/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0";
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
+        form.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{form}: {answer}");
+    answer
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
+    let start = text.find(open).unwrap_or_else(|| panic!("no {open} in {text}")) + open.len();
+    &text[start..start + text[start..].find(close).unwrap()]
+}
+
+/// moto with its IAM checks on (INITIAL_NO_AUTH_ACTION_COUNT: the first three requests go
+/// unchecked, enough to make a user, its key and a bucket). Every wrong credential is then
+/// refused as a real S3 would: an unknown key and a wrong secret as "unauthenticated" with a
+/// message that says which settings to check, a valid key without a policy as "permission";
+/// each names the repository and none shows a secret.
+#[test]
+fn wrong_credentials_are_refused_clearly_and_never_shown() {
+    let port = free_port();
+    let mut cmd = Command::new(moto_binary());
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+    let _moto = Server::spawn("moto_server", cmd, port);
+    iam(port, "Action=CreateUser&UserName=backup&Version=2010-05-08");
+    let key = iam(port, "Action=CreateAccessKey&UserName=backup&Version=2010-05-08");
+    let (key_id, secret) = (between(&key, "<AccessKeyId>", "<"), between(&key, "<SecretAccessKey>", "<"));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    fresh_store(&endpoint, "guarded");
+
+    let with = |id: &str, secret: &str| {
+        let mut l = location(&endpoint, "guarded");
+        l.credentials = S3Credentials::Static { access_key_id: id.into(), secret_access_key: Secret::new(secret) };
+        S3Storage::open(&l).unwrap()
+    };
+    let wrong_secret = "wrong-secret-for-a-real-key-never-to-be-printed";
+    let ctx = Ctx::background().with_timeout(Duration::from_secs(30));
+    let cases = [
+        ("unknown key", with("AKIANOSUCHKEY0000000", SECRET), StorageErrorKind::Unauthenticated),
+        ("wrong secret", with(key_id, wrong_secret), StorageErrorKind::Unauthenticated),
+        ("no policy", with(key_id, secret), StorageErrorKind::Permission),
+    ];
+    for (case, store, kind) in cases {
+        for err in [store.get_bytes(&ctx, "repo.json").unwrap_err(), store.put(&ctx, "wal/x", b"x", PutMode::IfAbsent).unwrap_err()] {
+            let text = chain(&err);
+            assert_eq!(err.kind(), kind, "{case}: {text}");
+            assert!(text.contains("s3://guarded/cluster-a/"), "{case}: the repository is not named: {text}");
+            if kind == StorageErrorKind::Unauthenticated {
+                assert!(text.contains("access_key_id") && text.contains("secret_access_key"), "{case}: {text}");
+            } else {
+                assert!(text.contains("grant them s3:ListBucket"), "{case}: says what to grant: {text}");
+            }
+            for shown in [&text, &format!("{err:?}")] {
+                assert!(!shown.contains(SECRET) && !shown.contains(wrong_secret) && !shown.contains(secret), "{case}: a secret is in: {shown}");
+            }
+            println!("{case}: {}", text.lines().next().unwrap_or_default());
+        }
+    }
+}
+
 #[test]
 fn remote_plain_http_is_refused() {
     let e = S3Storage::open(&location("http://s3.example.com", "b")).unwrap_err();
@@ -369,4 +440,36 @@ fn remote_plain_http_is_refused() {
     let mut small = location("https://s3.example.com", "b");
     small.part_size = 1 << 20;
     assert!(chain(&S3Storage::open(&small).unwrap_err()).contains("minimum"));
+}
+
+/// With Object Lock every object is written with a retention date; until then the store
+/// refuses to delete it (its versions), and the backend says so with its own error kind,
+/// which retention skips. Large objects (multipart) are locked too. A store without a lock
+/// on the same server deletes as usual.
+#[test]
+fn object_lock_refuses_deletes_before_the_retention_date() {
+    use backup_core::storage::s3::{LockMode, ObjectLock};
+    let moto = Server::moto(None);
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let mut locked = location(&endpoint, "locked-bucket");
+    locked.object_lock = Some(ObjectLock { mode: LockMode::Compliance, days: 1 });
+    let store = S3Storage::open(&locked).unwrap();
+    let ctx = Ctx::background().with_timeout(Duration::from_secs(60));
+    store.create_bucket(&ctx).unwrap();
+
+    assert_eq!(store.put(&ctx, "wal/0000000100000000/000000010000000000000001", b"segment", PutMode::IfAbsent).unwrap(), PutOutcome::Created);
+    let big: Vec<u8> = (0..(MIN_PART_SIZE * 2 + 1000)).map(|i| (i % 253) as u8).collect();
+    store.put(&ctx, "backup/b/data/000001", &big, PutMode::Overwrite).unwrap();
+    for key in ["wal/0000000100000000/000000010000000000000001", "backup/b/data/000001"] {
+        let e = store.delete(&ctx, key).unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::Locked, "{key}: {}", chain(&e));
+        assert!(store.exists(&ctx, key).unwrap(), "{key}: gone after a refused delete");
+        println!("{key}: {}", chain(&e));
+    }
+    assert_eq!(store.get_bytes(&ctx, "backup/b/data/000001").unwrap(), big);
+
+    let plain = fresh_store(&endpoint, "plain-bucket");
+    plain.put(&ctx, "x", b"y", PutMode::IfAbsent).unwrap();
+    plain.delete(&ctx, "x").unwrap();
+    assert!(!plain.exists(&ctx, "x").unwrap());
 }

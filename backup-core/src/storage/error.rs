@@ -19,8 +19,11 @@ pub enum StorageErrorKind {
     AlreadyExists,
     /// A condition of the request did not hold (an object store's 412).
     Precondition,
-    /// The store refused the operation (file mode, bucket policy, object lock).
+    /// The store refused the operation (file mode, bucket policy).
     Permission,
+    /// The object is under an object lock (S3 Object Lock) whose retention date has not
+    /// passed: it cannot be deleted yet, by design. Retention skips it and tries again later.
+    Locked,
     /// The store does not accept our credentials.
     Unauthenticated,
     /// Worth retrying: a network blip, a throttled request, a busy filesystem.
@@ -42,6 +45,7 @@ impl StorageErrorKind {
             StorageErrorKind::AlreadyExists => "already exists",
             StorageErrorKind::Precondition => "precondition failed",
             StorageErrorKind::Permission => "permission denied",
+            StorageErrorKind::Locked => "retained by an object lock",
             StorageErrorKind::Unauthenticated => "credentials refused",
             StorageErrorKind::Transient => "temporary failure",
             StorageErrorKind::Timeout => "timed out",
@@ -68,6 +72,12 @@ impl StorageError {
 
     pub fn with_source(mut self, source: impl Into<BoxError>) -> StorageError {
         self.source = Some(source.into());
+        self
+    }
+
+    /// The same failure, known better: an access denied that an object lock explains.
+    pub fn with_kind(mut self, kind: StorageErrorKind) -> StorageError {
+        self.kind = kind;
         self
     }
 

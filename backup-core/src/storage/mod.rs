@@ -18,7 +18,8 @@
 //! **Blocking code and async SDKs.** The trait is blocking: its callers are `archive_command`,
 //! the archiver process, and threads of a backup worker, none of which runs an async executor,
 //! and a PostgreSQL backend's main thread must stay the only thread that runs its signal
-//! handlers. An async backend (the S3 SDK) therefore owns one Tokio runtime for the process,
+//! handlers. The async backends (the S3 SDK, object_store for GCS and Azure) therefore share
+//! one Tokio runtime for the process ([`runtime`]),
 //! created on first use on threads spawned with every signal blocked
 //! ([`crate::threads`]); each call is `block_on` from the caller's thread, bounded by the
 //! `Ctx` deadline and abandoned when its token is cancelled. No runtime is ever entered from
@@ -29,9 +30,13 @@
 //! any backend with injected failures for tests.
 
 pub mod conformance;
+pub mod cloud;
 mod ctx;
 mod error;
+mod https;
 mod local;
+mod parts;
+mod runtime;
 pub mod s3;
 pub mod unreliable;
 
@@ -44,15 +49,19 @@ use std::time::SystemTime;
 pub use ctx::{CancelToken, Ctx};
 pub use error::{BoxError, StorageError, StorageErrorKind};
 pub use local::LocalStorage;
+pub use cloud::{AzureCredentials, AzureLocation, CloudLocation, CloudStorage, GcsCredentials, GcsLocation};
+pub use https::HttpTimeouts;
 pub use s3::{S3Credentials, S3Location, S3Storage, S3Timeouts, Secret};
 
-/// Where a repository lives, as the configuration names it (`type = "local"`, `"s3"`, later
-/// `"gcs"`, `"azure"`). `Debug` and `Display` never show a secret.
+/// Where a repository lives, as the configuration names it (`type = "local"`, `"s3"`, `"gcs"`,
+/// `"azure"`). `Debug` and `Display` never show a secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Local { path: PathBuf },
     /// Boxed: far larger than a path, and rare.
     S3(Box<S3Location>),
+    Gcs(Box<GcsLocation>),
+    Azure(Box<AzureLocation>),
 }
 
 impl Location {
@@ -61,7 +70,7 @@ impl Location {
     pub fn local_path(&self) -> Option<&Path> {
         match self {
             Location::Local { path } => Some(path),
-            Location::S3(_) => None,
+            Location::S3(_) | Location::Gcs(_) | Location::Azure(_) => None,
         }
     }
 }
@@ -71,6 +80,8 @@ impl fmt::Display for Location {
         match self {
             Location::Local { path } => write!(f, "{}", path.display()),
             Location::S3(s3) => f.write_str(&s3.url()),
+            Location::Gcs(gcs) => f.write_str(&gcs.url()),
+            Location::Azure(azure) => f.write_str(&azure.url()),
         }
     }
 }
@@ -80,6 +91,8 @@ pub fn open(location: &Location) -> Result<Box<dyn Storage>, StorageError> {
     match location {
         Location::Local { path } => Ok(Box::new(LocalStorage::new(path))),
         Location::S3(s3) => Ok(Box::new(S3Storage::open(s3)?)),
+        Location::Gcs(gcs) => Ok(Box::new(CloudStorage::open_gcs(gcs)?)),
+        Location::Azure(azure) => Ok(Box::new(CloudStorage::open_azure(azure)?)),
     }
 }
 

@@ -1,16 +1,18 @@
 //! A repository in an S3 bucket (AWS or an S3-compatible store), through `aws-sdk-s3`.
 //!
 //! **Blocking over async.** The SDK is async; the [`Storage`] trait is blocking (see the module
-//! docs of [`super`]). One Tokio runtime serves every S3 store of the process. It is created on
+//! docs of [`super`]). One Tokio runtime serves every remote store of the process
+//! (`storage/runtime.rs`, shared with the GCS and Azure backends). It is created on
 //! first use, from a thread spawned with every signal blocked ([`crate::threads`]), so its
 //! worker threads inherit a mask that keeps every signal on the caller's threads. Each request
 //! runs as a task of that runtime, so what it starts (connections, DNS lookups on the blocking
 //! pool) is spawned by those blocked threads, never by the caller's; the caller `block_on`s the
-//! task's result from its own thread, looking at the [`Ctx`] every [`CTX_POLL`]: past the
+//! task's result from its own thread, looking at the [`Ctx`] every 50 ms: past the
 //! deadline or cancelled, the task is aborted, which closes its connection. No runtime exists
 //! until an S3 store is opened.
 //!
-//! **TLS.** The HTTPS client is ours (hyper + rustls with the `ring` provider), not the SDK's
+//! **TLS.** The HTTPS client is ours (`storage/https.rs`: hyper + rustls with the `ring`
+//! provider, shared with the GCS and Azure backends), not the SDK's
 //! default, because the SDK's client cannot restrict protocol versions: a remote endpoint must
 //! speak TLS 1.3 unless the repository says `allow_tls12 = true`. Certificates are always
 //! verified, against the system's roots or, when `ca_file` is set, against that bundle only.
@@ -40,14 +42,11 @@
 //! **Secrets.** The secret key lives in [`Secret`], whose `Debug` prints `<redacted>`; no
 //! `Display`, location or error text contains it.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::pin;
-use std::sync::{Arc, OnceLock};
-use std::task::Poll;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
@@ -65,18 +64,21 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
 use bytes::{Buf, Bytes};
 
+use super::https::{self, check_endpoint, root_cause, walk_chain, SendFailure, TlsRefused};
+use super::runtime::{block_on, runtime, wait};
+use super::parts::PartBuffer;
 use super::{
     validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode,
     PutOutcome, Storage, StorageError, StorageErrorKind,
 };
 
-/// How often a call waiting on the runtime looks at its [`Ctx`] (cancellation has no wake-up).
-const CTX_POLL: Duration = Duration::from_millis(50);
 /// S3's smallest part (all but the last); also our default is a few of them.
 pub const MIN_PART_SIZE: usize = 5 << 20;
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
-/// Attempts per request, the first included.
-pub const MAX_ATTEMPTS: u32 = 4;
+/// Attempts per request, the first included: enough to ride out a few seconds of throttling
+/// (503 SlowDown) or a restarting endpoint, few enough that a dead one fails a push in
+/// well under a minute.
+pub const MAX_ATTEMPTS: u32 = 6;
 
 /// A secret string: compared and cloned, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -110,22 +112,8 @@ pub enum S3Credentials {
     SecretFile { access_key_id: String, secret_access_key_file: PathBuf },
 }
 
-/// Bounds on every network wait; see the module docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct S3Timeouts {
-    /// TCP connect and TLS handshake.
-    pub connect: Duration,
-    /// One attempt of a request, from sending it to the response headers (uploads included).
-    pub request: Duration,
-    /// Silence while streaming a response body.
-    pub read_idle: Duration,
-}
-
-impl Default for S3Timeouts {
-    fn default() -> S3Timeouts {
-        S3Timeouts { connect: Duration::from_secs(10), request: Duration::from_secs(120), read_idle: Duration::from_secs(60) }
-    }
-}
+/// Bounds on every network wait; see the module docs (shared with the other remote backends).
+pub type S3Timeouts = super::https::HttpTimeouts;
 
 /// A repository in a bucket, as the configuration names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +134,49 @@ pub struct S3Location {
     pub timeouts: S3Timeouts,
     /// Bytes per multipart part, at least [`MIN_PART_SIZE`]; objects up to it are one request.
     pub part_size: usize,
+    /// S3 Object Lock on every object written (the bucket must have Object Lock enabled).
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// S3 Object Lock for a repository: every object is written with a retention date `days` after
+/// its creation, in `mode`. Until then the store refuses to delete it (compliance: nobody can;
+/// governance: only a principal allowed to bypass it, which we never ask for). The bucket is
+/// versioned (Object Lock requires it), so a delete here removes the object's versions one by
+/// one: refused while the lock holds ([`StorageErrorKind::Locked`], which retention skips and
+/// tries again at its next run), real once it has passed. The repository never rewrites an
+/// object that matters in place (manifests and WAL are create-only), so versions only pile up
+/// for the small objects written with overwrite (summaries, notes), each until its date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+impl ObjectLock {
+    fn mode(self) -> aws_sdk_s3::types::ObjectLockMode {
+        match self.mode {
+            LockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+            LockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        }
+    }
+
+    fn retention_mode(self) -> aws_sdk_s3::types::ObjectLockRetentionMode {
+        match self.mode {
+            LockMode::Governance => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
+            LockMode::Compliance => aws_sdk_s3::types::ObjectLockRetentionMode::Compliance,
+        }
+    }
+
+    /// The retention date of an object written now.
+    fn until(self) -> aws_sdk_s3::primitives::DateTime {
+        aws_sdk_s3::primitives::DateTime::from(SystemTime::now() + Duration::from_secs(u64::from(self.days) * 86_400))
+    }
 }
 
 impl S3Location {
@@ -162,6 +193,7 @@ impl S3Location {
             allow_tls12: false,
             timeouts: S3Timeouts::default(),
             part_size: DEFAULT_PART_SIZE,
+            object_lock: None,
         }
     }
 
@@ -179,81 +211,6 @@ pub fn normalize_prefix(prefix: &str) -> String {
     } else {
         format!("{p}/")
     }
-}
-
-/// The process's runtime for async backends, started on first use with signals blocked.
-fn runtime() -> Result<&'static tokio::runtime::Runtime, StorageError> {
-    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    let rt = RUNTIME.get_or_init(|| {
-        let build = |_: usize| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("storage-io")
-                // Threads inherit the mask of the thread that spawns them, and ours are spawned
-                // by our (blocked) threads; this also covers a blocking-pool thread that some
-                // code starts from an outside thread.
-                .on_thread_start(block_all_signals)
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-        };
-        std::thread::scope(|scope| {
-            let handles = crate::threads::spawn_blocking_signals(scope, 1, &build);
-            handles.into_iter().next().expect("one thread").join().unwrap_or_else(|_| Err("runtime start panicked".into()))
-        })
-    });
-    rt.as_ref()
-        .map_err(|e| StorageError::new(StorageErrorKind::Other, "starting the I/O runtime for", "").with_source(e.clone()))
-}
-
-fn block_all_signals() {
-    // SAFETY: plain libc calls on an initialized sigset_t, changing only this thread's mask.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
-}
-
-/// Run `fut` as a task of the runtime and wait for it on this thread, unless `ctx` is cancelled
-/// or past its deadline first (then the task is aborted, and its request with it).
-///
-/// A task, not a future polled here: what a request starts (connections, DNS lookups on the
-/// blocking pool) is then spawned from the runtime's threads, never from the caller's, so it
-/// inherits their blocked signal mask.
-fn block_on<F>(ctx: &Ctx, op: &'static str, key: &str, fut: F) -> Result<F::Output, StorageError>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    ctx.check(op, key)?;
-    let mut task = runtime()?.spawn(fut);
-    let out = wait(ctx, op, key, &mut task);
-    if out.is_err() {
-        task.abort();
-    }
-    out?.map_err(|e| StorageError::new(StorageErrorKind::Other, op, key).with_source(e))
-}
-
-/// Wait on this thread for a task's result (a future that spawns nothing), watching `ctx`.
-fn wait<T>(ctx: &Ctx, op: &'static str, key: &str, task: &mut tokio::task::JoinHandle<T>) -> Result<Result<T, tokio::task::JoinError>, StorageError> {
-    ctx.check(op, key)?;
-    runtime()?.block_on(async {
-        let mut tick = pin!(tokio::time::sleep(CTX_POLL));
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(v) = std::pin::Pin::new(&mut *task).poll(cx) {
-                return Poll::Ready(Ok(v));
-            }
-            while tick.as_mut().poll(cx).is_ready() {
-                if let Err(e) = ctx.check(op, key) {
-                    return Poll::Ready(Err(e));
-                }
-                tick.as_mut().reset(tokio::time::Instant::now() + CTX_POLL);
-            }
-            Poll::Pending
-        })
-        .await
-    })
 }
 
 #[derive(Clone)]
@@ -328,8 +285,9 @@ impl S3Storage {
                 Some((access_key_id.clone(), Secret::new(secret)))
             }
         };
-        let tls = tls_config(location).map_err(bad)?;
-        let http = TlsHttpClient { tls: Arc::new(tls), timeouts: location.timeouts, allow_tls12: location.allow_tls12 };
+        let tls = https::tls_config(location.ca_file.as_deref(), location.allow_tls12).map_err(bad)?;
+        let http =
+            TlsHttpClient { tls: Arc::new(tls), timeouts: location.timeouts, allow_tls12: location.allow_tls12, connectors: Arc::default() };
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(location.timeouts.connect)
             .read_timeout(location.timeouts.request)
@@ -368,6 +326,9 @@ impl S3Storage {
     pub fn create_bucket(&self, ctx: &Ctx) -> Result<(), StorageError> {
         let bucket = &self.location.bucket;
         let mut request = self.client.create_bucket().bucket(bucket);
+        if self.location.object_lock.is_some() {
+            request = request.object_lock_enabled_for_bucket(true);
+        }
         // us-east-1 is the one region that must not be named.
         if self.location.region != "us-east-1" {
             let constraint = aws_sdk_s3::types::BucketLocationConstraint::from(self.location.region.as_str());
@@ -410,6 +371,28 @@ impl S3Storage {
     }
 
     /// An SDK error as a [`StorageError`] of the kind a caller can act on, with a sentence.
+    /// Delete every version of `full` (and its delete markers): under Object Lock a plain
+    /// delete would only hide the object behind a marker. A version still locked makes the
+    /// store answer AccessDenied: reported as [`StorageErrorKind::Locked`].
+    fn delete_versions(&self, ctx: &Ctx, key: &str, full: &str) -> Result<(), StorageError> {
+        let request = self.client.list_object_versions().bucket(&self.location.bucket).prefix(full);
+        let listed = block_on(ctx, "deleting", key, request.send())?.map_err(|e| self.fail("deleting", key, e))?;
+        let versions = listed.versions().iter().filter(|v| v.key() == Some(full)).filter_map(|v| v.version_id());
+        let markers = listed.delete_markers().iter().filter(|m| m.key() == Some(full)).filter_map(|m| m.version_id());
+        for version in versions.chain(markers).map(str::to_string).collect::<Vec<_>>() {
+            let request = self.client.delete_object().bucket(&self.location.bucket).key(full).version_id(&version);
+            match block_on(ctx, "deleting", key, request.send())? {
+                Ok(_) => {}
+                Err(e) if matches!(service_code(&e), (Some("NoSuchKey" | "NoSuchVersion"), _)) => {}
+                Err(e) if matches!(service_code(&e), (Some("AccessDenied"), _) | (_, Some(403))) => {
+                    return Err(self.fail("deleting", key, e).with_kind(StorageErrorKind::Locked));
+                }
+                Err(e) => return Err(self.fail("deleting", key, e)),
+            }
+        }
+        Ok(())
+    }
+
     fn fail<E>(&self, op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -434,78 +417,22 @@ impl S3Storage {
     }
 }
 
-/// Remote endpoints speak TLS; plain HTTP only to this machine (an emulator).
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    // Never echoed: `user:password@` would be printed with it.
-    if endpoint.contains('@') {
-        return Err("the endpoint URL must not hold credentials (user@ or user:password@); use access_key_id and secret_access_key".into());
-    }
-    let uri: http::Uri = endpoint.parse().map_err(|e| format!("endpoint {endpoint:?} is not a URL: {e}"))?;
-    let host = uri.host().ok_or_else(|| format!("endpoint {endpoint:?} has no host"))?;
-    match uri.scheme_str() {
-        Some("https") => Ok(()),
-        Some("http") => {
-            let h = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if loopback {
-                Ok(())
-            } else {
-                Err(format!("endpoint {endpoint} is plain HTTP; remote endpoints must use https:// (plain HTTP is accepted only on loopback addresses)"))
-            }
-        }
-        _ => Err(format!("endpoint {endpoint:?} must start with https://")),
-    }
-}
-
-/// rustls with TLS 1.3 only (1.2 too when allowed), verifying against the system roots or
-/// against `ca_file` only.
-fn tls_config(location: &S3Location) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &location.ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-            use rustls::pki_types::pem::PemObject;
-            let mut count = 0;
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("ca_file {}: not a PEM certificate bundle: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("ca_file {}: unusable certificate: {e}", path.display()))?;
-                count += 1;
-            }
-            if count == 0 {
-                return Err(format!("ca_file {} holds no PEM certificate", path.display()));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-            if roots.is_empty() {
-                return Err("no trusted CA certificates found on this system; install ca-certificates or set ca_file".into());
-            }
-        }
-    }
-    let versions: &[&'static rustls::SupportedProtocolVersion] =
-        if location.allow_tls12 { &[&rustls::version::TLS13, &rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS settings: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
-}
-
 /// The SDK's HTTP client: hyper over our rustls configuration.
+///
+/// The SDK asks for a connector on every attempt of every request. Each connector owns a
+/// hyper client, and with it a connection pool: a new one per request meant a new TCP (and TLS)
+/// connection per request (a restore of a thousand files made as many connects). So connectors
+/// are kept, one per distinct setting, as the SDK's own client does, and every request of the
+/// store shares one pool.
 #[derive(Clone, Debug)]
 struct TlsHttpClient {
     tls: Arc<rustls::ClientConfig>,
     timeouts: S3Timeouts,
     allow_tls12: bool,
+    connectors: Arc<Mutex<HashMap<(Duration, Duration), SharedHttpConnector>>>,
 }
 
-type HyperClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    SdkBody,
->;
+type HyperClient = https::Client<SdkBody>;
 
 #[derive(Clone, Debug)]
 struct TlsConnector {
@@ -519,20 +446,14 @@ impl HttpClient for TlsHttpClient {
         // The SDK's own callers (instance metadata, STS) ask for shorter timeouts; honour them.
         let connect = settings.connect_timeout().unwrap_or(self.timeouts.connect);
         let response_timeout = settings.read_timeout().unwrap_or(self.timeouts.request);
-        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(connect));
-        tcp.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*self.tls).clone())
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(https);
-        SharedHttpConnector::new(TlsConnector { client, response_timeout, allow_tls12: self.allow_tls12 })
+        let mut connectors = self.connectors.lock().unwrap_or_else(|e| e.into_inner());
+        connectors
+            .entry((connect, response_timeout))
+            .or_insert_with(|| {
+                let client = https::client(&self.tls, connect);
+                SharedHttpConnector::new(TlsConnector { client, response_timeout, allow_tls12: self.allow_tls12 })
+            })
+            .clone()
     }
 }
 
@@ -546,89 +467,18 @@ impl HttpConnector for TlsConnector {
             let host = request.uri().authority().map(|a| a.to_string()).unwrap_or_default();
             let response = match tokio::time::timeout(timeout, client.request(request)).await {
                 Err(_) => return Err(ConnectorError::timeout(format!("no response from {host} within {timeout:?}").into())),
-                Ok(Err(e)) => return Err(connector_error(e, &host, allow_tls12)),
+                Ok(Err(e)) => {
+                    return Err(match https::send_failure(e, &host, allow_tls12) {
+                        SendFailure::Tls(refused) => ConnectorError::other(Box::new(refused), None),
+                        SendFailure::Timeout(message) => ConnectorError::timeout(message.into()),
+                        SendFailure::Io(e) => ConnectorError::io(e.into()),
+                    })
+                }
                 Ok(Ok(r)) => r,
             };
             HttpResponse::try_from(response.map(SdkBody::from_body_1_x)).map_err(|e| ConnectorError::other(e.into(), None))
         })
     }
-}
-
-/// A TLS refusal in words; not retried (it will not heal by itself).
-#[derive(Debug)]
-struct TlsRefused {
-    message: String,
-    source: hyper_util::client::legacy::Error,
-}
-
-impl fmt::Display for TlsRefused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for TlsRefused {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-fn connector_error(e: hyper_util::client::legacy::Error, host: &str, allow_tls12: bool) -> ConnectorError {
-    let mut timed_out = false;
-    let mut tls = None;
-    walk_chain(&e, &mut |err| {
-        if let Some(t) = err.downcast_ref::<rustls::Error>() {
-            tls.get_or_insert_with(|| tls_message(t, host, allow_tls12));
-        }
-        if err.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::TimedOut) {
-            timed_out = true;
-        }
-    });
-    if let Some(message) = tls {
-        return ConnectorError::other(Box::new(TlsRefused { message, source: e }), None);
-    }
-    if timed_out {
-        return ConnectorError::timeout(format!("connecting to {host} timed out").into());
-    }
-    ConnectorError::io(e.into())
-}
-
-/// Every error of a chain, including those an `io::Error` wraps (its `source()` skips them).
-fn walk_chain(err: &(dyn std::error::Error + 'static), visit: &mut dyn FnMut(&(dyn std::error::Error + 'static))) {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        visit(e);
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            walk_chain(inner, visit);
-        }
-        next = e.source();
-    }
-}
-
-fn tls_message(e: &rustls::Error, host: &str, allow_tls12: bool) -> String {
-    use rustls::{AlertDescription, CertificateError, Error};
-    let wanted = if allow_tls12 { "TLS 1.3 or 1.2" } else { "TLS 1.3" };
-    match e {
-        Error::AlertReceived(AlertDescription::ProtocolVersion) | Error::PeerIncompatible(_) if !allow_tls12 => format!(
-            "TLS handshake with {host} refused: the server offers no TLS 1.3 (protocol version not accepted: {e}); \
-             TLS 1.3 is required; upgrade the endpoint, or set allow_tls12 = true for this repository to accept TLS 1.2"
-        ),
-        Error::AlertReceived(AlertDescription::ProtocolVersion) | Error::PeerIncompatible(_) => {
-            format!("TLS handshake with {host} refused: the server offers neither {wanted} ({e})")
-        }
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
-            "TLS certificate of {host} is not trusted (unknown issuer); if the endpoint uses a private CA, set ca_file to its PEM bundle"
-        ),
-        Error::InvalidCertificate(c) => format!("TLS certificate of {host} rejected: {c:?}"),
-        other => format!("TLS handshake with {host} failed ({wanted} required): {other}"),
-    }
-}
-
-/// The innermost message of an error chain (the outer ones are the SDK's generic words).
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut last = String::new();
-    walk_chain(err, &mut |e| last = e.to_string());
-    last
 }
 
 /// The TLS sentence of a dispatch failure, if that is what it is.
@@ -670,7 +520,13 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired", _) => {
                     (K::Unauthenticated, Some("the store refuses our credentials; check access_key_id / secret_access_key or the credential chain".into()))
                 }
-                ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | (_, 403) => (K::Permission, None),
+                ("AccessDenied" | "AllAccessDisabled" | "AccountProblem", _) | (_, 403) => (
+                    K::Permission,
+                    Some(format!(
+                        "the credentials are accepted but not allowed this; grant them s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on bucket {:?}",
+                        location.bucket
+                    )),
+                ),
                 ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout" | "InternalError" | "ServiceUnavailable", _)
                 | ("ConditionalRequestConflict" | "OperationAborted", _)
                 | (_, 429 | 500..=599) => (K::Transient, None),
@@ -713,7 +569,7 @@ impl Storage for S3Storage {
             key: key.to_string(),
             full,
             mode,
-            buf: Vec::new(),
+            buf: PartBuffer::new(self.location.part_size),
             upload: None,
         }))
     }
@@ -812,6 +668,9 @@ impl Storage for S3Storage {
 
     fn delete(&self, ctx: &Ctx, key: &str) -> Result<(), StorageError> {
         let full = self.full_key(key)?;
+        if self.location.object_lock.is_some() {
+            return self.delete_versions(ctx, key, &full);
+        }
         let request = self.client.delete_object().bucket(&self.location.bucket).key(&full);
         match block_on(ctx, "deleting", key, request.send())? {
             Ok(_) => Ok(()),
@@ -966,7 +825,7 @@ struct S3Writer<'a> {
     key: String,
     full: String,
     mode: PutMode,
-    buf: Vec<u8>,
+    buf: PartBuffer,
     upload: Option<Multipart>,
 }
 
@@ -987,7 +846,10 @@ impl S3Writer<'_> {
     fn ship_part(&mut self) -> Result<(), StorageError> {
         let s = self.store;
         if self.upload.is_none() {
-            let request = s.client.create_multipart_upload().bucket(&s.location.bucket).key(&self.full);
+            let mut request = s.client.create_multipart_upload().bucket(&s.location.bucket).key(&self.full);
+            if let Some(lock) = s.location.object_lock {
+                request = request.object_lock_mode(lock.mode()).object_lock_retain_until_date(lock.until());
+            }
             let out = block_on(&self.ctx, "writing", &self.key, request.send())?.map_err(|e| s.fail("writing", &self.key, e))?;
             let upload_id = out.upload_id().ok_or_else(|| {
                 failure(StorageErrorKind::Other, "writing", &self.key, "CreateMultipartUpload returned no upload id".into())
@@ -997,7 +859,7 @@ impl S3Writer<'_> {
         self.settle()?;
         let up = self.upload.as_mut().expect("started above");
         let number = up.parts.len() as i32 + 1;
-        let body = std::mem::replace(&mut self.buf, Vec::with_capacity(s.location.part_size));
+        let body = self.buf.take_part();
         let request = s
             .client
             .upload_part()
@@ -1019,8 +881,11 @@ impl S3Writer<'_> {
 
     fn put_whole(&mut self) -> Result<PutOutcome, StorageError> {
         let s = self.store;
-        let body = std::mem::take(&mut self.buf);
+        let body = self.buf.take_rest();
         let mut request = s.client.put_object().bucket(&s.location.bucket).key(&self.full).body(ByteStream::from(body));
+        if let Some(lock) = s.location.object_lock {
+            request = request.object_lock_mode(lock.mode()).object_lock_retain_until_date(lock.until());
+        }
         if self.mode == PutMode::IfAbsent {
             request = request.if_none_match("*");
         }
@@ -1055,8 +920,21 @@ impl S3Writer<'_> {
             request = request.if_none_match("*");
         }
         match block_on(&self.ctx, "committing", &self.key, request.send())? {
-            Ok(_) => {
+            Ok(done) => {
                 self.upload = None;
+                if let Some(lock) = s.location.object_lock {
+                    // The lock asked for at CreateMultipartUpload, set again on the completed
+                    // version: some S3-compatible stores (moto among them) drop it on completion.
+                    let retention = aws_sdk_s3::types::ObjectLockRetention::builder().mode(lock.retention_mode()).retain_until_date(lock.until()).build();
+                    let request = s
+                        .client
+                        .put_object_retention()
+                        .bucket(&s.location.bucket)
+                        .key(&self.full)
+                        .set_version_id(done.version_id().map(str::to_string))
+                        .retention(retention);
+                    block_on(&self.ctx, "locking", &self.key, request.send())?.map_err(|e| s.fail("locking", &self.key, e))?;
+                }
                 Ok(PutOutcome::Created)
             }
             // The upload is still open: dropping the writer aborts it.
@@ -1069,13 +947,8 @@ impl S3Writer<'_> {
 impl Write for S3Writer<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.ctx.check_io("writing", &self.key)?;
-        let part_size = self.store.location.part_size;
-        if self.buf.capacity() == 0 {
-            self.buf.reserve_exact(part_size.min(data.len().max(64 << 10)));
-        }
-        let n = data.len().min(part_size - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == part_size {
+        let (n, full) = self.buf.fill(data);
+        if full {
             self.ship_part().map_err(io::Error::other)?;
         }
         Ok(n)
@@ -1115,39 +988,62 @@ impl Drop for S3Writer<'_> {
 mod tests {
     use super::*;
 
-    /// Its threads must never run a signal handler (a PostgreSQL backend's handlers belong to
-    /// its main thread), also the blocking-pool threads started later for DNS lookups.
     #[test]
-    fn runtime_threads_block_every_signal() {
-        let rt = runtime().unwrap();
-        let blocked = |_: ()| {
-            // SAFETY: reads this thread's signal mask into a zeroed sigset_t.
-            unsafe {
-                let mut mask: libc::sigset_t = std::mem::zeroed();
-                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask);
-                [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP].iter().all(|s| libc::sigismember(&mask, *s) == 1)
-            }
-        };
-        assert!(rt.block_on(rt.spawn(async move { blocked(()) })).unwrap(), "a worker thread takes signals");
-        let from_worker = rt.spawn(async move { tokio::task::spawn_blocking(move || blocked(())).await.unwrap() });
-        assert!(rt.block_on(from_worker).unwrap(), "a blocking-pool thread (as for DNS) takes signals");
-        assert!(rt.block_on(rt.spawn_blocking(move || blocked(()))).unwrap(), "a blocking-pool thread started from outside takes signals");
-        assert!(!blocked(()), "the test thread itself should take signals");
-    }
-
-    #[test]
-    fn endpoints_and_prefixes() {
-        assert!(check_endpoint("https://s3.eu-west-1.amazonaws.com").is_ok());
-        assert!(check_endpoint("http://127.0.0.1:9000").is_ok());
-        assert!(check_endpoint("http://[::1]:9000").is_ok());
-        assert!(check_endpoint("http://localhost:9000").is_ok());
-        assert!(check_endpoint("http://minio.lan:9000").unwrap_err().contains("must use https://"));
-        assert!(check_endpoint("ftp://x").is_err());
-        let e = check_endpoint("https://AKID:topsecret@minio.lan").unwrap_err();
-        assert!(!e.contains("topsecret") && e.contains("must not hold credentials"), "{e}");
+    fn prefixes_and_secrets() {
         assert_eq!(normalize_prefix("/a/b/"), "a/b/");
         assert_eq!(normalize_prefix("a"), "a/");
         assert_eq!(normalize_prefix(""), "");
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+
+    /// Requests share the store's pool: against a server that keeps connections alive, a
+    /// series of reads is one connection (it was one per request when every request got a
+    /// client of its own). moto cannot show it: it closes every connection after one response.
+    #[test]
+    fn requests_reuse_one_connection() {
+        use std::io::BufRead;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // Any request: headers only (GETs), answered with five bytes, kept alive.
+                    let mut reader = io::BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    loop {
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: application/octet-stream\r\n\r\nhello";
+                        if writer.write_all(reply).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut location = S3Location::new("bucket", "p", "us-east-1");
+        location.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        location.force_path_style = true;
+        location.credentials = S3Credentials::Static { access_key_id: "x".into(), secret_access_key: Secret::new("y") };
+        let store = S3Storage::open(&location).unwrap();
+        let ctx = Ctx::background().with_timeout(Duration::from_secs(30));
+        for i in 0..8 {
+            let range = ByteRange::Bounded(i..i + 5);
+            assert_eq!(store.get_range_bytes(&ctx, "k", range).unwrap(), b"hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "eight reads, one after another, should share one connection");
     }
 }

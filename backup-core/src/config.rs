@@ -10,20 +10,27 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::codec::Compression;
-use crate::storage::{Location, S3Credentials, S3Location, Secret};
+use crate::storage::{AzureCredentials, AzureLocation, GcsCredentials, GcsLocation, Location, S3Credentials, S3Location, Secret};
+use crate::storage::s3::{LockMode, ObjectLock};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pg_backup_ext/pg_backup_ext.conf";
 
 /// Retention windows beyond this are typing mistakes (and would overflow date arithmetic).
 const MAX_RETENTION_DAYS: u32 = 36_500;
 
+/// More segments ahead than this buys nothing (recovery replays them one by one) and fills
+/// `pg_wal`: 256 segments are 4 GB at the default segment size.
+const MAX_PREFETCH: u32 = 256;
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Repository directory (`BACKUP_DIR`): the single local repository, named `local`.
     pub repo_path: Option<PathBuf>,
-    /// More repositories (`[[repos]]`), after `repo_path` if both are given. The first
-    /// repository is the primary one: backups, WAL and restores use it.
+    /// More repositories (`[[repos]]`), after `repo_path` if both are given, then the one the
+    /// product's variables describe (`BACKUP_REMOTE_ENABLED`..., named `remote`). The first
+    /// repository is the primary one: backups go there unless told otherwise, and it must take
+    /// every WAL file ([`WalArchiving::Required`]). Fetch and restore try them in this order.
     pub repos: Vec<RepoConfig>,
     /// Compress with zstd (`BACKUP_COMPRESSION`).
     pub compression: bool,
@@ -48,6 +55,10 @@ pub struct Config {
     /// Attempts of `fetch` on a real error before it aborts recovery.
     pub fetch_retries: u32,
     pub fetch_retry_delay_ms: u64,
+    /// Segments `fetch` (restore_command) downloads ahead of recovery into a spool in
+    /// `pg_wal`, in parallel (`BACKUP_PREFETCH`); 0 turns prefetch off. Disk use: this many
+    /// segments. See [`crate::pg::prefetch`].
+    pub prefetch: u32,
 }
 
 impl Default for Config {
@@ -66,6 +77,7 @@ impl Default for Config {
             retention_monthly_months: 12,
             fetch_retries: 3,
             fetch_retry_delay_ms: 1000,
+            prefetch: 8,
         }
     }
 }
@@ -114,6 +126,15 @@ impl Config {
         if let Some(v) = env("BACKUP_KEY_PASSPHRASE_FILE") {
             c.key_passphrase_file = Some(PathBuf::from(v));
         }
+        if let Some(v) = env("BACKUP_PREFETCH") {
+            c.prefetch = v.parse().map_err(|_| ConfigError::env("BACKUP_PREFETCH", &v, "a number of WAL segments (0: no prefetch)"))?;
+        }
+        if c.prefetch > MAX_PREFETCH {
+            return Err(ConfigError::Invalid(format!(
+                "prefetch (BACKUP_PREFETCH) is {}; at most {MAX_PREFETCH} segments (each takes a segment's size of disk in pg_wal)",
+                c.prefetch
+            )));
+        }
         for (var, field, unit) in [
             ("BACKUP_RETENTION_DAYS", &mut c.retention_days, "a whole number of days"),
             ("BACKUP_RETENTION_INCREMENTAL_DAYS", &mut c.retention_incremental_days, "a whole number of days"),
@@ -148,7 +169,25 @@ impl Config {
                 MAX_RETENTION_DAYS / 30
             )));
         }
+        if let Some(remote) = remote_from_env(&env)? {
+            c.repos.push(remote);
+        }
+        // An object lock without its own length lasts the repository's full-backup window:
+        // retention may delete an object as soon as its lock has passed.
+        for r in &mut c.repos {
+            if let Location::S3(s3) = &mut r.location {
+                if let Some(lock) = s3.object_lock.as_mut().filter(|l| l.days == 0) {
+                    lock.days = r.retention_days.unwrap_or(c.retention_days);
+                }
+            }
+        }
         let repos = c.repositories();
+        if let Some(first) = repos.first().filter(|r| r.wal == WalArchiving::BestEffort) {
+            return Err(ConfigError::Invalid(format!(
+                "repository {:?} is the primary (first) repository and cannot be archive = \"best_effort\": the primary must hold every WAL file; put a required repository first",
+                first.name
+            )));
+        }
         for (i, r) in repos.iter().enumerate() {
             if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
                 return Err(ConfigError::Invalid(format!("repository name {:?}: use letters, digits, '_' and '-'", r.name)));
@@ -169,13 +208,29 @@ impl Config {
             name: "local".to_string(),
             location: Location::Local { path: p.clone() },
             retention_days: None,
+            wal: WalArchiving::Required,
         });
         implicit.into_iter().chain(self.repos.iter().cloned()).collect()
     }
 
-    /// The repository backups, WAL archiving and restores use.
+    /// The repository backups go to unless another is named, and restores look in first.
     pub fn primary_repo(&self) -> Result<RepoConfig, ConfigError> {
         self.repositories().into_iter().next().ok_or(ConfigError::NoRepository)
+    }
+
+    /// The repository called `name`; the error lists the ones there are.
+    pub fn repo_named(&self, name: &str) -> Result<RepoConfig, ConfigError> {
+        let all = self.repositories();
+        let names: Vec<String> = all.iter().map(|r| r.name.clone()).collect();
+        all.into_iter().find(|r| r.name == name).ok_or_else(|| ConfigError::UnknownRepository { name: name.to_string(), known: names.join(", ") })
+    }
+
+    /// `name`'s repository, or the primary one.
+    pub fn repo_or_primary(&self, name: Option<&str>) -> Result<RepoConfig, ConfigError> {
+        match name {
+            Some(n) => self.repo_named(n),
+            None => self.primary_repo(),
+        }
     }
 
     pub fn compression(&self) -> Compression {
@@ -195,6 +250,21 @@ pub struct RepoConfig {
     pub location: Location,
     /// Days to keep backups in this repository (default: the global `retention_days`).
     pub retention_days: Option<u32>,
+    /// Whether a WAL file counts as archived without this repository (`archive = ...`).
+    pub wal: WalArchiving,
+}
+
+/// What `archive_command` does when a repository cannot take a WAL file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WalArchiving {
+    /// The push fails: PostgreSQL keeps the file in `pg_wal` and retries. Safe, but an outage
+    /// of this repository makes `pg_wal` grow until it is back.
+    #[default]
+    Required,
+    /// The push succeeds once the required repositories have the file; the file is noted as
+    /// owed to this repository, and later pushes (or `wal-archiver catch-up`) copy it over from
+    /// the primary. An outage costs off-site freshness, never the server's disk.
+    BestEffort,
 }
 
 /// `[[repos]]` as written; each storage type takes its own fields. No `Debug`: it holds the
@@ -207,6 +277,8 @@ struct RepoEntry {
     kind: String,
     path: Option<PathBuf>,
     retention_days: Option<u32>,
+    /// "required" (default) or "best_effort": see [`WalArchiving`].
+    archive: Option<String>,
     // type = "s3"
     bucket: Option<String>,
     prefix: Option<String>,
@@ -218,11 +290,40 @@ struct RepoEntry {
     secret_access_key_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     allow_tls12: Option<bool>,
+    /// "compliance" or "governance": S3 Object Lock on every object.
+    object_lock: Option<String>,
+    /// Days each object stays locked (default: the repository's retention_days).
+    object_lock_days: Option<u32>,
+    // type = "gcs" (with bucket, prefix, endpoint, ca_file, allow_tls12)
+    service_account_file: Option<PathBuf>,
+    // type = "azure" (with prefix, endpoint, ca_file, allow_tls12)
+    account: Option<String>,
+    container: Option<String>,
+    access_key: Option<String>,
+    access_key_file: Option<PathBuf>,
 }
 
+/// The storage settings each type takes (`path` for local; the others are common to all).
+const S3_FIELDS: &[&str] = &[
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint",
+    "force_path_style",
+    "access_key_id",
+    "secret_access_key",
+    "secret_access_key_file",
+    "ca_file",
+    "allow_tls12",
+    "object_lock",
+    "object_lock_days",
+];
+const GCS_FIELDS: &[&str] = &["bucket", "prefix", "endpoint", "service_account_file", "ca_file", "allow_tls12"];
+const AZURE_FIELDS: &[&str] = &["account", "container", "prefix", "endpoint", "access_key", "access_key_file", "ca_file", "allow_tls12"];
+
 impl RepoEntry {
-    /// The S3 fields that were given, by name (a local repository takes none of them).
-    fn s3_fields(&self) -> Vec<&'static str> {
+    /// The storage fields that were given, by name.
+    fn storage_fields(&self) -> Vec<&'static str> {
         [
             ("bucket", self.bucket.is_some()),
             ("prefix", self.prefix.is_some()),
@@ -234,10 +335,99 @@ impl RepoEntry {
             ("secret_access_key_file", self.secret_access_key_file.is_some()),
             ("ca_file", self.ca_file.is_some()),
             ("allow_tls12", self.allow_tls12.is_some()),
+            ("object_lock", self.object_lock.is_some()),
+            ("object_lock_days", self.object_lock_days.is_some()),
+            ("service_account_file", self.service_account_file.is_some()),
+            ("account", self.account.is_some()),
+            ("container", self.container.is_some()),
+            ("access_key", self.access_key.is_some()),
+            ("access_key_file", self.access_key_file.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, given)| given.then_some(name))
         .collect()
+    }
+
+    /// Refuse a field that belongs to another storage type, naming the types it belongs to.
+    fn only_fields(&self, kind: &str, allowed: &[&str]) -> Result<(), String> {
+        let Some(field) = self.storage_fields().into_iter().find(|f| !allowed.contains(f)) else { return Ok(()) };
+        let owners: Vec<&str> = [("s3", S3_FIELDS), ("gcs", GCS_FIELDS), ("azure", AZURE_FIELDS)]
+            .into_iter()
+            .filter(|(_, fields)| fields.contains(&field))
+            .map(|(k, _)| k)
+            .collect();
+        let article = if owners.first().is_some_and(|o| o.starts_with(['s', 'a'])) { "an" } else { "a" };
+        Err(format!("repository {:?} of type {kind} does not take {field} ({article} {} setting)", self.name, owners.join("/")))
+    }
+
+    /// The prefix, normalized (`a/b/`) and checked.
+    fn checked_prefix(&self) -> Result<String, String> {
+        let prefix = crate::storage::s3::normalize_prefix(self.prefix.as_deref().unwrap_or(""));
+        if !prefix.is_empty() {
+            crate::storage::validate_prefix(&prefix).map_err(|_| {
+                format!("repository {:?}: prefix {prefix:?} may hold only letters, digits, '.', '_', '-' and '/'", self.name)
+            })?;
+        }
+        Ok(prefix)
+    }
+
+    fn gcs_location(self) -> Result<GcsLocation, String> {
+        let name = &self.name;
+        if self.path.is_some() {
+            return Err(format!("repository {name:?} of type gcs takes bucket and prefix, not path"));
+        }
+        self.only_fields("gcs", GCS_FIELDS)?;
+        let prefix = self.checked_prefix()?;
+        let bucket = self.bucket.filter(|b| !b.is_empty()).ok_or_else(|| format!("repository {name:?} of type gcs needs a bucket"))?;
+        let valid_bucket = (3..=222).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !valid_bucket {
+            return Err(format!("repository {name:?}: bucket {bucket:?} is not a valid GCS bucket name (3-63 lowercase letters, digits, '.', '_', '-')"));
+        }
+        let mut location = GcsLocation::new(&bucket, &prefix);
+        if let Some(file) = self.service_account_file {
+            location.credentials = GcsCredentials::ServiceAccountFile(file);
+        }
+        location.common.endpoint = self.endpoint.filter(|e| !e.is_empty());
+        location.common.ca_file = self.ca_file;
+        location.common.allow_tls12 = self.allow_tls12.unwrap_or(false);
+        Ok(location)
+    }
+
+    fn azure_location(self) -> Result<AzureLocation, String> {
+        let name = &self.name;
+        if self.path.is_some() {
+            return Err(format!("repository {name:?} of type azure takes account, container and prefix, not path"));
+        }
+        self.only_fields("azure", AZURE_FIELDS)?;
+        let prefix = self.checked_prefix()?;
+        let account = self
+            .account
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| format!("repository {name:?} of type azure needs an account (the storage account's name)"))?;
+        if !(3..=24).contains(&account.len()) || !account.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(format!("repository {name:?}: account {account:?} is not a valid storage account name (3-24 lowercase letters and digits)"));
+        }
+        let container = self.container.filter(|c| !c.is_empty()).ok_or_else(|| format!("repository {name:?} of type azure needs a container"))?;
+        let valid_container = (3..=63).contains(&container.len())
+            && container.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !container.starts_with('-')
+            && !container.ends_with('-');
+        if !valid_container {
+            return Err(format!("repository {name:?}: container {container:?} is not a valid container name (3-63 lowercase letters, digits, '-')"));
+        }
+        let credentials = match (self.access_key, self.access_key_file) {
+            (None, None) => AzureCredentials::DefaultChain,
+            (Some(key), None) => AzureCredentials::AccessKey(Secret::new(key)),
+            (None, Some(file)) => AzureCredentials::AccessKeyFile(file),
+            (Some(_), Some(_)) => return Err(format!("repository {name:?}: give access_key or access_key_file, not both")),
+        };
+        let mut location = AzureLocation::new(&account, &container, &prefix);
+        location.credentials = credentials;
+        location.common.endpoint = self.endpoint.filter(|e| !e.is_empty());
+        location.common.ca_file = self.ca_file;
+        location.common.allow_tls12 = self.allow_tls12.unwrap_or(false);
+        Ok(location)
     }
 
     fn s3_location(self) -> Result<S3Location, String> {
@@ -245,6 +435,7 @@ impl RepoEntry {
         if self.path.is_some() {
             return Err(format!("repository {name:?} of type s3 takes bucket and prefix, not path"));
         }
+        self.only_fields("s3", S3_FIELDS)?;
         let bucket = self.bucket.filter(|b| !b.is_empty()).ok_or_else(|| format!("repository {name:?} of type s3 needs a bucket"))?;
         let valid_bucket = (3..=63).contains(&bucket.len())
             && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
@@ -278,6 +469,20 @@ impl RepoEntry {
         location.credentials = credentials;
         location.ca_file = self.ca_file;
         location.allow_tls12 = self.allow_tls12.unwrap_or(false);
+        let mode = match self.object_lock.as_deref() {
+            None if self.object_lock_days.is_some() => {
+                return Err(format!("repository {name:?}: object_lock_days needs object_lock = \"compliance\" or \"governance\""))
+            }
+            None => None,
+            Some("compliance") => Some(LockMode::Compliance),
+            Some("governance") => Some(LockMode::Governance),
+            Some(other) => return Err(format!("repository {name:?}: object_lock = {other:?}; use \"compliance\" or \"governance\"")),
+        };
+        if let Some(days) = self.object_lock_days.filter(|d| *d == 0 || *d > MAX_RETENTION_DAYS) {
+            return Err(format!("repository {name:?}: object_lock_days {days} is out of range 1-{MAX_RETENTION_DAYS}"));
+        }
+        // Days 0: "the retention window", filled in once the global settings are known.
+        location.object_lock = mode.map(|mode| ObjectLock { mode, days: self.object_lock_days.or(self.retention_days).unwrap_or(0) });
         Ok(location)
     }
 }
@@ -286,18 +491,63 @@ impl TryFrom<RepoEntry> for RepoConfig {
     type Error = String;
     fn try_from(e: RepoEntry) -> Result<RepoConfig, String> {
         let (name, retention_days) = (e.name.clone(), e.retention_days);
+        let wal = match e.archive.as_deref() {
+            None | Some("required") => WalArchiving::Required,
+            Some("best_effort") => WalArchiving::BestEffort,
+            Some(other) => return Err(format!("repository {name:?}: archive = {other:?}; use \"required\" or \"best_effort\"")),
+        };
         let location = match e.kind.as_str() {
             "local" => {
-                if let Some(field) = e.s3_fields().first() {
-                    return Err(format!("repository {name:?} of type local does not take {field} (an s3 setting)"));
-                }
+                e.only_fields("local", &[])?;
                 Location::Local { path: e.path.ok_or_else(|| format!("repository {name:?} of type local needs a path"))? }
             }
             "s3" => Location::S3(Box::new(e.s3_location()?)),
-            other => return Err(format!("repository {name:?} has type {other:?}; the supported types are \"local\" and \"s3\"")),
+            "gcs" => Location::Gcs(Box::new(e.gcs_location()?)),
+            "azure" => Location::Azure(Box::new(e.azure_location()?)),
+            other => {
+                return Err(format!(
+                    "repository {name:?} has type {other:?}; the supported types are \"local\", \"s3\", \"gcs\" and \"azure\""
+                ))
+            }
         };
-        Ok(RepoConfig { name, location, retention_days })
+        Ok(RepoConfig { name, location, retention_days, wal })
     }
+}
+
+/// The product's remote-storage variables (`BACKUP_REMOTE_ENABLED=true`,
+/// `BACKUP_REMOTE_PROVIDER=aws`, `AWS_S3_BUCKET`, `AWS_REGION`, optionally `AWS_S3_PREFIX`,
+/// `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` and `BACKUP_REMOTE_ARCHIVE=best_effort`) as one
+/// more repository named `remote`. Credentials come from the SDK's standard chain, which reads
+/// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` itself: no key passes through here.
+fn remote_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Option<RepoConfig>, ConfigError> {
+    match env("BACKUP_REMOTE_ENABLED") {
+        Some(v) if parse_bool("BACKUP_REMOTE_ENABLED", &v)? => {}
+        _ => return Ok(None),
+    }
+    let need = |var: &str, what: &str| {
+        env(var).ok_or_else(|| ConfigError::Invalid(format!("BACKUP_REMOTE_ENABLED is set but {var} is not: set it to {what}")))
+    };
+    let wal = match env("BACKUP_REMOTE_ARCHIVE").as_deref() {
+        None | Some("required") => WalArchiving::Required,
+        Some("best_effort") => WalArchiving::BestEffort,
+        Some(other) => return Err(ConfigError::env("BACKUP_REMOTE_ARCHIVE", other, "required or best_effort")),
+    };
+    let provider = env("BACKUP_REMOTE_PROVIDER").unwrap_or_else(|| "aws".to_string());
+    let location = match provider.as_str() {
+        "aws" | "s3" => {
+            let bucket = need("AWS_S3_BUCKET", "the bucket's name")?;
+            let region = need("AWS_REGION", "the bucket's region, e.g. ap-southeast-1")?;
+            let prefix = crate::storage::s3::normalize_prefix(&env("AWS_S3_PREFIX").unwrap_or_default());
+            let mut s3 = S3Location::new(&bucket, &prefix, &region);
+            s3.endpoint = env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL"));
+            s3.force_path_style = s3.endpoint.is_some();
+            Location::S3(Box::new(s3))
+        }
+        other => {
+            return Err(ConfigError::env("BACKUP_REMOTE_PROVIDER", other, "aws (gcs and azure repositories are configured as [[repos]] entries)"))
+        }
+    };
+    Ok(Some(RepoConfig { name: "remote".to_string(), location, retention_days: None, wal }))
 }
 
 fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
@@ -353,6 +603,8 @@ pub enum ConfigError {
     Invalid(String),
     #[error("no repository configured: set repo_path in the configuration file or BACKUP_DIR")]
     NoRepository,
+    #[error("no repository is named {name:?}; the configuration has: {known}")]
+    UnknownRepository { name: String, known: String },
     #[error("repository {repo} is inside the data directory {pgdata}: it would be copied into backups and wiped by restores; put it elsewhere")]
     RepoInsidePgdata { repo: String, pgdata: String },
 }
@@ -415,6 +667,18 @@ mod tests {
         assert!(Config::parse("retention_monthly_months = 100000", "t", no_env).is_err());
         let repo0 = "[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\nretention_days = 0\n";
         assert!(Config::parse(repo0, "t", no_env).unwrap_err().to_string().contains("retention_days 0"));
+    }
+
+    #[test]
+    fn prefetch_depth_from_file_and_environment() {
+        assert_eq!(Config::parse("", "t", no_env).unwrap().prefetch, 8);
+        assert_eq!(Config::parse("prefetch = 0", "t", no_env).unwrap().prefetch, 0);
+        let c = Config::parse("prefetch = 2", "t", |k| (k == "BACKUP_PREFETCH").then(|| "16".into())).unwrap();
+        assert_eq!(c.prefetch, 16, "the environment wins");
+        let err = Config::parse("", "t", |k| (k == "BACKUP_PREFETCH").then(|| "lots".into())).unwrap_err();
+        assert!(err.to_string().contains("BACKUP_PREFETCH=\"lots\""), "{err}");
+        let err = Config::parse("prefetch = 100000", "t", no_env).unwrap_err();
+        assert!(err.to_string().contains("prefetch") && err.to_string().contains("256"), "{err}");
     }
 
     #[test]
@@ -518,5 +782,135 @@ mod tests {
         let bad = format!("{text}allow_tls12 = \"yes\"\n");
         let e = Config::parse(&bad, "t", no_env).unwrap_err().to_string();
         assert!(!e.contains(secret), "{e}");
+    }
+
+    #[test]
+    fn wal_archiving_per_repository() {
+        let file = "repo_path = \"/var/repo\"\n[[repos]]\nname = \"far\"\ntype = \"local\"\npath = \"/far\"\narchive = \"best_effort\"\n";
+        let c = Config::parse(file, "t", no_env).unwrap();
+        let modes: Vec<WalArchiving> = c.repositories().iter().map(|r| r.wal).collect();
+        assert_eq!(modes, [WalArchiving::Required, WalArchiving::BestEffort]);
+        let first = "[[repos]]\nname = \"far\"\ntype = \"local\"\npath = \"/far\"\narchive = \"best_effort\"\n";
+        let e = Config::parse(first, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("\"far\" is the primary") && e.contains("best_effort"), "{e}");
+        let typo = "[[repos]]\nname = \"far\"\ntype = \"local\"\npath = \"/far\"\narchive = \"sometimes\"\n";
+        let e = Config::parse(typo, "t", no_env).unwrap_err().to_string();
+        assert!(e.contains("sometimes") && e.contains("best_effort"), "{e}");
+        assert_eq!(c.repo_named("far").unwrap().name, "far");
+        let e = c.repo_named("nowhere").unwrap_err().to_string();
+        assert!(e.contains("\"nowhere\"") && e.contains("local, far"), "{e}");
+    }
+
+    #[test]
+    fn product_remote_variables_add_an_s3_repository() {
+        let env = |k: &str| {
+            match k {
+                "BACKUP_DIR" => Some("/var/repo"),
+                "BACKUP_REMOTE_ENABLED" => Some("true"),
+                "BACKUP_REMOTE_PROVIDER" => Some("aws"),
+                "AWS_S3_BUCKET" => Some("audiotailoc-backups"),
+                "AWS_REGION" => Some("ap-southeast-1"),
+                "BACKUP_REMOTE_ARCHIVE" => Some("best_effort"),
+                _ => None,
+            }
+            .map(String::from)
+        };
+        let c = Config::parse("", "t", env).unwrap();
+        let repos = c.repositories();
+        assert_eq!(repos.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["local", "remote"]);
+        let Location::S3(s3) = &repos[1].location else { panic!("not s3") };
+        assert_eq!((s3.bucket.as_str(), s3.region.as_str(), &s3.credentials), ("audiotailoc-backups", "ap-southeast-1", &S3Credentials::DefaultChain));
+        assert_eq!(repos[1].wal, WalArchiving::BestEffort);
+        let no_bucket = |k: &str| if k == "BACKUP_REMOTE_ENABLED" { Some("1".to_string()) } else { None };
+        let e = Config::parse("", "t", no_bucket).unwrap_err().to_string();
+        assert!(e.contains("AWS_S3_BUCKET"), "{e}");
+        let off = |k: &str| if k == "BACKUP_REMOTE_ENABLED" { Some("false".to_string()) } else { None };
+        assert!(Config::parse("", "t", off).unwrap().repositories().is_empty());
+    }
+    const GCS_REPO: &str = "[[repos]]\nname = \"g\"\ntype = \"gcs\"\nbucket = \"pg-backups\"\n";
+    const AZURE_REPO: &str = "[[repos]]\nname = \"z\"\ntype = \"azure\"\naccount = \"pgacct\"\ncontainer = \"backups\"\n";
+
+    fn only_location(text: &str) -> Location {
+        let config = Config::parse(text, "/etc/x.conf", no_env).unwrap();
+        config.repositories().into_iter().next().unwrap().location
+    }
+
+    #[test]
+    fn gcs_repositories_parse_with_defaults() {
+        let Location::Gcs(gcs) = only_location(GCS_REPO) else { panic!("not gcs") };
+        assert_eq!((gcs.bucket.as_str(), gcs.common.prefix.as_str()), ("pg-backups", ""));
+        assert_eq!(gcs.credentials, GcsCredentials::DefaultChain);
+        assert!(!gcs.common.allow_tls12 && gcs.common.endpoint.is_none() && gcs.common.ca_file.is_none());
+        let full = format!(
+            "{GCS_REPO}prefix = \"/cluster-a/\"\nendpoint = \"http://127.0.0.1:4443\"\nservice_account_file = \"/etc/sa.json\"\nallow_tls12 = true\nca_file = \"/etc/ca.pem\"\n"
+        );
+        let Location::Gcs(gcs) = only_location(&full) else { panic!("not gcs") };
+        assert_eq!(gcs.common.prefix, "cluster-a/");
+        assert_eq!(gcs.credentials, GcsCredentials::ServiceAccountFile("/etc/sa.json".into()));
+        assert_eq!(gcs.common.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
+        assert!(gcs.common.allow_tls12 && gcs.common.ca_file.is_some());
+        assert_eq!(Location::Gcs(gcs).to_string(), "gs://pg-backups/cluster-a/");
+    }
+
+    #[test]
+    fn azure_repositories_parse_with_defaults() {
+        let Location::Azure(az) = only_location(AZURE_REPO) else { panic!("not azure") };
+        assert_eq!((az.account.as_str(), az.container.as_str(), az.common.prefix.as_str()), ("pgacct", "backups", ""));
+        assert_eq!(az.credentials, AzureCredentials::DefaultChain);
+        let Location::Azure(az) = only_location(&format!("{AZURE_REPO}access_key_file = \"/etc/k\"\nprefix = \"a/b\"\n")) else { panic!() };
+        assert_eq!(az.credentials, AzureCredentials::AccessKeyFile("/etc/k".into()));
+        assert_eq!(Location::Azure(az).to_string(), "azure://pgacct/backups/a/b/");
+        let Location::Azure(az) = only_location(&format!("{AZURE_REPO}access_key = \"c2VjcmV0\"\n")) else { panic!() };
+        assert_eq!(az.credentials, AzureCredentials::AccessKey(Secret::new("c2VjcmV0")));
+        assert!(!format!("{az:?}").contains("c2VjcmV0"), "the key shows in Debug");
+        assert!(!Location::Azure(az).to_string().contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn gcs_and_azure_errors_say_what_is_wrong() {
+        let err = |text: &str| Config::parse(text, "/etc/x.conf", no_env).unwrap_err().to_string();
+        let e = err("[[repos]]\nname = \"g\"\ntype = \"gcs\"\nprefix = \"p\"\n");
+        assert!(e.contains("type gcs needs a bucket"), "{e}");
+        let e = err("[[repos]]\nname = \"z\"\ntype = \"azure\"\naccount = \"pgacct\"\n");
+        assert!(e.contains("type azure needs a container"), "{e}");
+        let e = err("[[repos]]\nname = \"z\"\ntype = \"azure\"\ncontainer = \"backups\"\n");
+        assert!(e.contains("needs an account"), "{e}");
+        let e = err(&format!("{GCS_REPO}region = \"us-east-1\"\n"));
+        assert!(e.contains("type gcs does not take region (an s3 setting)"), "{e}");
+        let e = err(&format!("{GCS_REPO}access_key = \"k\"\n"));
+        assert!(e.contains("does not take access_key (an azure setting)"), "{e}");
+        let e = err(&format!("{AZURE_REPO}bucket = \"b\"\n"));
+        assert!(e.contains("type azure does not take bucket (an s3/gcs setting)"), "{e}");
+        let e = err(&format!("{AZURE_REPO}service_account_file = \"/sa.json\"\n"));
+        assert!(e.contains("does not take service_account_file (a"), "{e}");
+        let e = err(&format!("{AZURE_REPO}access_key = \"k\"\naccess_key_file = \"/k\"\n"));
+        assert!(e.contains("access_key or access_key_file, not both"), "{e}");
+        let e = err(&format!("{S3_REPO}container = \"c\"\n"));
+        assert!(e.contains("type s3 does not take container"), "{e}");
+        assert!(err(&AZURE_REPO.replace("backups", "Back_ups")).contains("not a valid container name"));
+        assert!(err(&GCS_REPO.replace("pg-backups", "PG")).contains("not a valid GCS bucket name"));
+        assert!(err(&format!("{GCS_REPO}path = \"/x\"\n")).contains("not path"));
+        let e = err("[[repos]]\nname = \"x\"\ntype = \"ftp\"\n");
+        assert!(e.contains("\"local\", \"s3\", \"gcs\" and \"azure\""), "{e}");
+        let local = "[[repos]]\nname = \"a\"\ntype = \"local\"\npath = \"/a\"\naccount = \"b\"\n";
+        assert!(err(local).contains("type local does not take account (an azure setting)"), "{}", err(local));
+    }
+
+    #[test]
+    fn s3_object_lock_follows_the_retention_window() {
+        let lock = |extra: &str| Config::parse(&format!("retention_days = 45\n{S3_REPO}{extra}"), "t", no_env);
+        let c = lock("object_lock = \"compliance\"\n").unwrap();
+        let Location::S3(s3) = &c.primary_repo().unwrap().location else { panic!("not s3") };
+        assert_eq!(s3.object_lock, Some(ObjectLock { mode: LockMode::Compliance, days: 45 }));
+        let c = lock("object_lock = \"governance\"\nretention_days = 90\n").unwrap();
+        let Location::S3(s3) = &c.primary_repo().unwrap().location else { panic!("not s3") };
+        assert_eq!(s3.object_lock, Some(ObjectLock { mode: LockMode::Governance, days: 90 }));
+        let c = lock("object_lock = \"compliance\"\nobject_lock_days = 10\n").unwrap();
+        let Location::S3(s3) = &c.primary_repo().unwrap().location else { panic!("not s3") };
+        assert_eq!(s3.object_lock.map(|l| l.days), Some(10));
+        let e = lock("object_lock = \"forever\"\n").unwrap_err().to_string();
+        assert!(e.contains("forever") && e.contains("compliance"), "{e}");
+        let e = lock("object_lock_days = 10\n").unwrap_err().to_string();
+        assert!(e.contains("object_lock_days needs object_lock"), "{e}");
     }
 }

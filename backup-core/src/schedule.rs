@@ -75,7 +75,7 @@ const INTERVAL_HORIZON: TimeDelta = TimeDelta::days(366);
 /// a year; 20,000 of them are two weeks, enough to see its spacing).
 const MAX_INTERVAL_SAMPLES: usize = 20_000;
 
-/// What a job does. Text forms: "full", "incremental", "verify", "cleanup", "health".
+/// What a job does. Text forms: "full", "incremental", "verify", "cleanup", "health", "copy".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum JobKind {
     Full,
@@ -83,11 +83,13 @@ pub enum JobKind {
     Verify,
     Cleanup,
     Health,
+    /// Copy completed backups into another repository (the off-site copy).
+    Copy,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] =
-        [JobKind::Full, JobKind::Incremental, JobKind::Verify, JobKind::Cleanup, JobKind::Health];
+    pub const ALL: [JobKind; 6] =
+        [JobKind::Full, JobKind::Incremental, JobKind::Verify, JobKind::Cleanup, JobKind::Health, JobKind::Copy];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +98,7 @@ impl JobKind {
             JobKind::Verify => "verify",
             JobKind::Cleanup => "cleanup",
             JobKind::Health => "health",
+            JobKind::Copy => "copy",
         }
     }
 }
@@ -129,7 +132,7 @@ pub enum ScheduleError {
     BadExpression { expr: String, reason: String },
     #[error("unknown time zone '{zone}'{}: expected an IANA name such as 'Asia/Ho_Chi_Minh' or 'UTC' (see pg_timezone_names)", did_you_mean(zone))]
     UnknownTimeZone { zone: String },
-    #[error("unknown job kind '{kind}': expected one of full, incremental, verify, cleanup, health")]
+    #[error("unknown job kind '{kind}': expected one of full, incremental, verify, cleanup, health, copy")]
     UnknownJobKind { kind: String },
     /// A schedule from the environment does not parse; the cause says why.
     #[error("environment variable {variable} does not hold a usable schedule; fix or unset it")]
@@ -1129,7 +1132,7 @@ mod tests {
         }
         assert_eq!(
             "snapshot".parse::<JobKind>().unwrap_err().to_string(),
-            "unknown job kind 'snapshot': expected one of full, incremental, verify, cleanup, health"
+            "unknown job kind 'snapshot': expected one of full, incremental, verify, cleanup, health, copy"
         );
         assert!("Full".parse::<JobKind>().is_err(), "text forms are lower case, as stored");
     }

@@ -36,8 +36,18 @@ pub enum PushError {
     BadSegment { name: String, reason: String },
     #[error("WAL file {name} is already archived with different content (archived sha256 {archived}, this file {local}); refusing to overwrite. Is another server archiving into {location}? Investigate before touching the archive")]
     Conflict { name: String, archived: String, local: String, location: String },
+    /// With several repositories: those that could not take the file (and had to).
+    #[error("{}", failures.iter().map(|f| format!("repository {}: {}", f.repo, f.error)).collect::<Vec<_>>().join("; "))]
+    Repositories { failures: Vec<RepoFailure> },
     #[error(transparent)]
     Repo(#[from] PgRepoError),
+}
+
+/// One repository's failure, already reported with its causes.
+#[derive(Debug, Clone)]
+pub struct RepoFailure {
+    pub repo: String,
+    pub error: String,
 }
 
 impl From<RepoError> for PushError {
@@ -58,13 +68,7 @@ impl<'r> WalArchive<'r> {
 
     /// `archive_command`: store the WAL file at `path` durably, once.
     pub fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
-        let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
-        let mut file = File::open(path).map_err(read_err)?;
-        if name.carries_wal_pages() {
-            self.check_segment(&name, &mut file, path)?;
-        }
+        let (name, file) = self.open_checked(path)?;
         let key = name.object_key();
         let objects = self.repo.objects();
         if objects.storage().exists(&objects.ctx(), &key).map_err(RepoError::from)? {
@@ -89,6 +93,91 @@ impl<'r> WalArchive<'r> {
             // Someone stored it between our check and our write: judge their copy like any other.
             None => self.compare_with_archived(&name, path),
         }
+    }
+
+    /// The WAL file at `path`, its name checked and, for a segment, its first page (this
+    /// cluster's, PostgreSQL 15's, whole), rewound.
+    fn open_checked(&self, path: &Path) -> Result<(WalFileName, File), PushError> {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
+        let mut file = File::open(path).map_err(|cause| PushError::Read { path: path.display().to_string(), cause })?;
+        if name.carries_wal_pages() {
+            self.check_segment(&name, &mut file, path)?;
+        }
+        Ok((name, file))
+    }
+
+    /// Read, check and encode a WAL file once, for pushing into several repositories of the
+    /// same cluster (they share the key ring and codec settings, so one encoding serves all):
+    /// see [`super::repos::RepoSet::push`]. Holds the encoded file in memory (a segment is 16 MB
+    /// by default; compressed, usually far less).
+    pub fn prepare(&self, path: &Path) -> Result<Prepared, PushError> {
+        let (name, mut file) = self.open_checked(path)?;
+        let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
+        let mut plain = Vec::new();
+        file.read_to_end(&mut plain).map_err(read_err)?;
+        let objects = self.repo.objects();
+        let key = name.object_key();
+        let encode = |key: &str, mut bytes: &[u8]| {
+            let mut out = Vec::with_capacity(bytes.len() / 2);
+            crate::codec::encode(&mut bytes, &mut out, key, objects.encode_params()).map(|s| (out, s)).map_err(|e| PgRepoError::codec(key, e))
+        };
+        let summary = match name {
+            WalFileName::Segment(pos) => match self.summarize(pos, &plain, None) {
+                Ok(s) => Some(encode(&summary_key(&name), &s.to_bytes())?.0),
+                Err(e) => {
+                    eprintln!("wal-archiver: WARNING: no block summary for {name} ({e}); the next incremental backup reads the files it covers");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (encoded, summary_of) = encode(&key, &plain)?;
+        Ok(Prepared { name, encoded, trailer: summary_of.trailer, summary })
+    }
+
+    /// Store a [`Prepared`] WAL file here, once: the same rules as [`WalArchive::push`] (an
+    /// identical copy already there is success, a different one a conflict).
+    pub fn push_prepared(&self, p: &Prepared) -> Result<PushOutcome, PushError> {
+        let key = p.name.object_key();
+        let objects = self.repo.objects();
+        let (storage, ctx) = (objects.storage(), objects.ctx());
+        let outcome = if storage.exists(&ctx, &key).map_err(RepoError::from)? {
+            PushOutcome::AlreadyArchived
+        } else {
+            match storage.put(&ctx, &key, &p.encoded, PutMode::IfAbsent).map_err(RepoError::from)? {
+                crate::storage::PutOutcome::Created => {
+                    PushOutcome::Archived { plaintext_size: p.trailer.plaintext_size, stored_size: p.encoded.len() as u64 }
+                }
+                crate::storage::PutOutcome::AlreadyExists => PushOutcome::AlreadyArchived,
+            }
+        };
+        if let PushOutcome::AlreadyArchived = outcome {
+            let archived = objects.object_trailer(&key)?;
+            if archived.sha256 != p.trailer.sha256 || archived.plaintext_size != p.trailer.plaintext_size {
+                return Err(PushError::Conflict {
+                    name: p.name.to_string(),
+                    archived: archived.sha256.to_string(),
+                    local: p.trailer.sha256.to_string(),
+                    location: self.repo.location(),
+                });
+            }
+        }
+        if let Some(summary) = &p.summary {
+            let skey = summary_key(&p.name);
+            let missing = matches!(outcome, PushOutcome::Archived { .. }) || !storage.exists(&ctx, &skey).unwrap_or(true);
+            if missing {
+                if let Err(e) = storage.put(&ctx, &skey, summary, PutMode::Overwrite) {
+                    eprintln!(
+                        "wal-archiver: WARNING: {} archived in {}, but its block summary could not be stored ({}); the next incremental backup reads the files it covers",
+                        p.name,
+                        self.repo.location(),
+                        crate::error::report(&e)
+                    );
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// The block-reference summary of a segment about to be archived, for incremental backups.
@@ -260,6 +349,19 @@ impl<'r> WalArchive<'r> {
         result
     }
 
+    /// WAL files owed to best-effort repositories (see [`owed_key`]), counted by repository.
+    /// Only the primary repository holds such notes.
+    pub fn owed(&self) -> Result<std::collections::BTreeMap<String, u64>, RepoError> {
+        let objects = self.repo.objects();
+        let mut owed = std::collections::BTreeMap::new();
+        for note in objects.storage().list(&objects.ctx(), OWED_PREFIX)? {
+            if let Some((repo, _)) = note?.key.trim_start_matches(OWED_PREFIX).split_once('/') {
+                *owed.entry(repo.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(owed)
+    }
+
     /// Every file in the WAL archive, in name order.
     pub fn list(&self) -> Result<Vec<ArchivedWal>, RepoError> {
         let objects = self.repo.objects();
@@ -275,6 +377,25 @@ impl<'r> WalArchive<'r> {
         self.repo.objects().get_object(&wal.object, &mut std::io::sink()).map(|_| ())
     }
 }
+
+/// A WAL file read, checked and encoded once, ready for [`WalArchive::push_prepared`].
+pub struct Prepared {
+    pub name: WalFileName,
+    /// The stored form: the same bytes in every repository.
+    pub encoded: Vec<u8>,
+    pub trailer: crate::codec::Trailer,
+    /// The segment's encoded block summary, when it could be made.
+    pub summary: Option<Vec<u8>>,
+}
+
+/// `owed/<repository>/<WAL file>`, in the primary repository: WAL file archived while
+/// best-effort repository `repo` could not take it. Catch-up copies the file over and removes
+/// the note; retention keeps the file in the primary while the note exists.
+pub fn owed_key(repo: &str, name: &WalFileName) -> String {
+    format!("{OWED_PREFIX}{repo}/{name}")
+}
+
+pub const OWED_PREFIX: &str = "owed/";
 
 /// `wal-summary/<timeline+log>/<segment>`: beside the segment's `wal/…` key, outside `wal/` so
 /// that listings of the archive see segments only.

@@ -8,16 +8,21 @@
 //! - [`archive`]: `archive_command` / `restore_command` semantics;
 //! - [`backup`]: what a base backup copies, how, its manifest, the backups a repository holds,
 //!   and restore;
-//! - [`retention`]: which backups and WAL a repository keeps, and deleting the rest.
+//! - [`retention`]: which backups and WAL a repository keeps, and deleting the rest;
+//! - [`repos`]: several repositories of one cluster (WAL into all, fetch from the first that
+//!   has it, catching up a best-effort repository);
+//! - [`prefetch`]: `restore_command`'s spool of the next segments, fetched ahead in parallel.
 
 pub mod archive;
 pub mod backup;
 pub mod cluster;
+pub mod prefetch;
+pub mod repos;
 pub mod retention;
 pub mod wal;
 pub mod walsummary;
 
-use crate::config::{refuse_repo_inside_pgdata, Config, RepoConfig};
+use crate::config::{Config, RepoConfig};
 use crate::repo::{Encryption, InitOutcome, RepoError, Repository};
 use crate::storage::{Storage, StorageError};
 use archive::WalArchive;
@@ -61,21 +66,6 @@ impl PgRepo {
     pub fn from_repository(objects: Repository) -> Result<PgRepo, PgRepoError> {
         let cluster = identity(&objects.info, objects.location())?;
         Ok(PgRepo { objects, cluster })
-    }
-
-    /// The repository as `archive_command` and `archive_library` use it: they run in the data
-    /// directory, so a repository inside it is refused; and they handle one segment at a time,
-    /// so its compression is spread over the cores.
-    pub fn open_for_archiving(config: &Config) -> Result<PgRepo, PgRepoError> {
-        let primary = config.primary_repo().map_err(RepoError::from)?;
-        if let Ok(cwd) = std::env::current_dir() {
-            if cwd.join("PG_VERSION").is_file() {
-                refuse_repo_inside_pgdata(&primary.location, &cwd).map_err(RepoError::from)?;
-            }
-        }
-        let mut repo = PgRepo::open_repo(config, &primary)?;
-        repo.objects.set_codec_threads(std::thread::available_parallelism().map_or(1, |n| n.get()).min(4));
-        Ok(repo)
     }
 
     pub fn cluster(&self) -> &ClusterIdentity {

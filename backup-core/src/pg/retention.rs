@@ -37,7 +37,8 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Datelike, Months, TimeDelta, Utc};
 use serde::Serialize;
 
-use super::archive::summary_key;
+use super::archive::{summary_key, OWED_PREFIX};
+use crate::storage::StorageErrorKind;
 use super::backup::manifest::{BackupId, BackupKind, Manifest};
 use super::wal::{SegmentPos, TimelineId, WalFileName};
 use super::{PgRepo, PgRepoError};
@@ -63,12 +64,23 @@ impl RetentionPolicy {
     /// The configuration's policy for its primary repository (whose own `retention_days`, if
     /// set, is its full-backup window).
     pub fn from_config(c: &Config) -> RetentionPolicy {
+        let full_days = c.primary_repo().ok().and_then(|r| r.retention_days).unwrap_or(c.retention_days);
+        RetentionPolicy { full_days, ..RetentionPolicy::global(c) }
+    }
+
+    fn global(c: &Config) -> RetentionPolicy {
         RetentionPolicy {
-            full_days: c.primary_repo().ok().and_then(|r| r.retention_days).unwrap_or(c.retention_days),
+            full_days: c.retention_days,
             incremental_days: c.retention_incremental_days,
             wal_days: c.retention_wal_days,
             monthly_months: c.retention_monthly_months,
         }
+    }
+
+    /// The configuration's policy for repository `repo`: its own `retention_days`, if set, is
+    /// its full-backup window; the rest is global.
+    pub fn for_repo(c: &Config, repo: &crate::config::RepoConfig) -> RetentionPolicy {
+        RetentionPolicy { full_days: repo.retention_days.unwrap_or(c.retention_days), ..RetentionPolicy::global(c) }
     }
 }
 
@@ -452,7 +464,19 @@ pub fn plan(repo: &PgRepo, policy: &RetentionPolicy, now: DateTime<Utc>, running
     let archived = repo.wal().list()?;
     let facts: Vec<BackupFacts> = inventory.completed.iter().map(|m| BackupFacts::of(m, seg)).collect();
     let names: Vec<WalFileName> = archived.iter().map(|w| w.name.clone()).collect();
-    let d = decide(&facts, &names, seg, policy, now);
+    let mut d = decide(&facts, &names, seg, policy, now);
+    // WAL owed to a best-effort repository waits here until it is copied there.
+    let mut owed: HashMap<String, String> = HashMap::new();
+    for note in storage.list_all(&ctx, OWED_PREFIX)? {
+        if let Some((owed_to, file)) = note.key.trim_start_matches(OWED_PREFIX).split_once('/') {
+            owed.insert(file.to_string(), owed_to.to_string());
+        }
+    }
+    for (name, v) in names.iter().zip(d.wal.iter_mut()) {
+        if let Some(owed_to) = owed.get(&name.to_string()).filter(|_| v.action == Action::Delete) {
+            *v = Verdict { action: Action::Keep, reason: format!("owed to repository {owed_to}, which has not caught up yet") };
+        }
+    }
 
     let mut items = Vec::new();
     let mut backups_to_delete = Vec::new();
@@ -564,6 +588,10 @@ fn recent_write(objects: &[crate::storage::ObjectMeta]) -> Option<Duration> {
 /// Carry out `plan`: backups (incrementals first, each manifest first), then WAL (oldest
 /// first, each summary first), then orphans, then uploads never committed. A backup that
 /// completed since planning is untouched, and so is every backup it builds on.
+fn is_locked(e: &PgRepoError) -> bool {
+    matches!(e, PgRepoError::Repo(r) if r.storage_error().is_some_and(|s| s.kind() == StorageErrorKind::Locked))
+}
+
 pub fn execute(repo: &PgRepo, plan: &Plan) -> Result<ExpireReport, PgRepoError> {
     let objects = repo.objects();
     let (storage, ctx) = (objects.storage(), objects.ctx());
@@ -596,6 +624,8 @@ pub fn execute(repo: &PgRepo, plan: &Plan) -> Result<ExpireReport, PgRepoError> 
                 report.bytes_freed += bytes;
             }
             Err(PgRepoError::UnknownBackup { .. }) => report.skipped.push(format!("backup {id}: already gone")),
+            // Its manifest goes first and is locked as long as its data: the backup is intact.
+            Err(e) if is_locked(&e) => report.skipped.push(format!("backup {id}: kept, its objects are under an object lock that has not expired")),
             Err(e) => return Err(e),
         }
     }
@@ -604,7 +634,7 @@ pub fn execute(repo: &PgRepo, plan: &Plan) -> Result<ExpireReport, PgRepoError> 
         let pos = position(name).expect("only positioned files are deleted");
         protected.keys().filter_map(|id| plan.facts.get(id)).any(|f| f.timeline == pos.timeline && (f.start_segno..=f.stop_segno).contains(&pos.segno(plan.segment_size)))
     };
-    let mut wal_kept = 0;
+    let (mut wal_kept, mut wal_locked) = (0, 0);
     for w in &plan.wal_to_delete {
         if needed(&w.name) {
             wal_kept += 1;
@@ -612,22 +642,39 @@ pub fn execute(repo: &PgRepo, plan: &Plan) -> Result<ExpireReport, PgRepoError> 
         }
         // The summary first: a summary without its segment would be found by no later run's
         // listing of the archive; a segment without its summary is still expired next time.
-        if w.summary {
-            storage.delete(&ctx, &summary_key(&w.name))?;
+        let deleted = (|| {
+            if w.summary {
+                storage.delete(&ctx, &summary_key(&w.name))?;
+            }
+            storage.delete(&ctx, &w.name.object_key())
+        })();
+        match deleted {
+            Ok(()) => {
+                report.wal_files_deleted += 1;
+                report.bytes_freed += w.bytes;
+            }
+            Err(e) if e.kind() == StorageErrorKind::Locked => wal_locked += 1,
+            Err(e) => return Err(e.into()),
         }
-        storage.delete(&ctx, &w.name.object_key())?;
-        report.wal_files_deleted += 1;
-        report.bytes_freed += w.bytes;
     }
     if wal_kept > 0 {
         report.skipped.push(format!("{wal_kept} WAL file(s): kept, backups kept since planning need them"));
     }
+    if wal_locked > 0 {
+        report.skipped.push(format!("{wal_locked} WAL file(s): kept, under an object lock that has not expired"));
+    }
 
+    let mut orphans_locked = 0;
     for key in &plan.orphan_summaries {
         let size = storage.head(&ctx, key)?.map_or(0, |m| m.size);
-        storage.delete(&ctx, key)?;
-        report.orphans_deleted += 1;
-        report.bytes_freed += size;
+        match storage.delete(&ctx, key) {
+            Ok(()) => {
+                report.orphans_deleted += 1;
+                report.bytes_freed += size;
+            }
+            Err(e) if e.kind() == StorageErrorKind::Locked => orphans_locked += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
     for id in &plan.orphan_dirs {
         // Looked at again: it may have completed, or been written to, since planning.
@@ -640,11 +687,22 @@ pub fn execute(repo: &PgRepo, plan: &Plan) -> Result<ExpireReport, PgRepoError> 
             report.skipped.push(format!("backup/{id}/: kept, written to since planning"));
             continue;
         }
+        let mut locked = false;
         for o in &listed {
-            storage.delete(&ctx, &o.key)?;
-            report.bytes_freed += o.size;
+            match storage.delete(&ctx, &o.key) {
+                Ok(()) => report.bytes_freed += o.size,
+                Err(e) if e.kind() == StorageErrorKind::Locked => locked = true,
+                Err(e) => return Err(e.into()),
+            }
         }
-        report.orphans_deleted += 1;
+        if locked {
+            orphans_locked += 1;
+        } else {
+            report.orphans_deleted += 1;
+        }
+    }
+    if orphans_locked > 0 {
+        report.skipped.push(format!("{orphans_locked} leftover(s): kept, under an object lock that has not expired"));
     }
     // Killed writers' uploads anywhere (an orphan directory's included).
     report.uploads_aborted = storage.abort_stale_uploads(&ctx, "", STALE_AFTER)?;
@@ -1076,5 +1134,51 @@ mod tests {
         let plan = super::plan(&repo, &policy(30, 7, 7, 0), now, Some(&running)).unwrap();
         assert_eq!(plan.bytes_to_free(), 0, "nothing left to do: {plan:#?}");
         assert_eq!(plan.anchor.as_ref(), Some(&f2.id));
+    }
+
+    /// Under an object lock nothing can be deleted before its date: expiry keeps going, skips
+    /// what is locked and says so. And WAL owed to a best-effort repository stays.
+    #[test]
+    fn locked_objects_are_skipped_and_owed_wal_is_kept() {
+        use crate::storage::unreliable::{Fault, Op, UnreliableStorage};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let store = LocalStorage::new(&root);
+        let cluster = ClusterIdentity { system_id: SystemId(42), pg_version: 15, wal_segment_size: SEG };
+        PgRepo::init(&store, &cluster, Encryption::None).unwrap();
+        let unreliable = std::sync::Arc::new(UnreliableStorage::new(Box::new(LocalStorage::new(&root))));
+        let objects = Repository::open_with(Box::new(unreliable.clone()), None, crate::codec::Compression::None).unwrap();
+        let repo = PgRepo::from_repository(objects).unwrap();
+        let ctx = crate::storage::Ctx::background();
+        let f1 = backup("2026-10-01T00:00:00Z", None, 1, (2, 3));
+        let f2 = backup("2026-11-20T00:00:00Z", None, 1, (8, 9));
+        for b in [&f1, &f2] {
+            store.put(&ctx, &format!("{}data/000001", b.id.prefix()), &[7u8; 500], PutMode::IfAbsent).unwrap();
+            repo.backups().write_manifest(&manifest(b)).unwrap();
+        }
+        for n in 1..=10 {
+            store.put(&ctx, &seg(1, n).object_key(), &[1u8; 300], PutMode::IfAbsent).unwrap();
+        }
+        store.put(&ctx, &super::super::archive::owed_key("offsite", &seg(1, 4)), b"{}", PutMode::IfAbsent).unwrap();
+        let now = t("2026-12-01T00:00:00Z");
+        let plan = plan(&repo, &policy(30, 7, 7, 0), now, None).unwrap();
+        let owed = plan.items.iter().find(|i| i.name.contains("000000010000000000000004")).expect("segment 4 listed");
+        assert_eq!(owed.action, Action::Keep, "{owed:?}");
+        assert!(owed.reason.contains("owed to repository offsite"), "{owed:?}");
+
+        for locked in ["backup/", "wal/"] {
+            unreliable.inject(Fault::always(Op::Delete, locked, StorageErrorKind::Locked));
+        }
+        let report = execute(&repo, &plan).unwrap();
+        assert!(report.backups_deleted.is_empty() && report.wal_files_deleted == 0, "{report:?}");
+        assert!(report.skipped.iter().any(|s| s.contains(&format!("backup {}: kept", f1.id)) && s.contains("object lock")), "{report:?}");
+        assert!(report.skipped.iter().any(|s| s.contains("WAL file(s): kept, under an object lock")), "{report:?}");
+        assert!(repo.backups().read_manifest(&f1.id).is_ok(), "the locked backup is still whole");
+
+        unreliable.heal();
+        let report = execute(&repo, &plan).unwrap();
+        assert_eq!(report.backups_deleted, std::slice::from_ref(&f1.id), "{report:?}");
+        assert!(store.exists(&ctx, &seg(1, 4).object_key()).unwrap(), "owed WAL was deleted");
+        assert!(!store.exists(&ctx, &seg(1, 3).object_key()).unwrap(), "expired WAL was kept");
     }
 }

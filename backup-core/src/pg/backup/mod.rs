@@ -6,6 +6,7 @@ pub mod incremental;
 pub mod inventory;
 pub mod manifest;
 pub mod page;
+pub mod replicate;
 pub mod restore;
 pub mod run;
 pub mod scan;

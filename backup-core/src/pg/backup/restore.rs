@@ -14,6 +14,7 @@ use super::incremental::{reconstruct, Chain, ReconstructError};
 use super::inventory::RecoveryTarget;
 use super::manifest::{FileEntry, Manifest};
 use crate::pg::{PgRepo, PgRepoError};
+use crate::repo::files::{file_runs, FileRun, RUN_MAX_GAP, RUN_MAX_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetAction {
@@ -189,6 +190,22 @@ impl Writeback {
     }
 }
 
+/// What one worker restores at a time: a run of files stored side by side (one ranged read),
+/// or one file of an incremental backup rebuilt from its layers.
+enum Unit<'f> {
+    Run(FileRun<'f>),
+    Delta(&'f FileEntry),
+}
+
+impl Unit<'_> {
+    fn files(&self) -> &[&FileEntry] {
+        match self {
+            Unit::Run(run) => &run.files,
+            Unit::Delta(file) => std::slice::from_ref(file),
+        }
+    }
+}
+
 fn restore_files(
     repo: &PgRepo,
     chain: &Chain,
@@ -198,8 +215,24 @@ fn restore_files(
     writeback: &Writeback,
 ) -> Result<(), RestoreError> {
     let files = &chain.target().files;
-    let mut order: Vec<&FileEntry> = files.iter().collect();
-    order.sort_by_key(|f| std::cmp::Reverse(f.size));
+    // Files stored next to each other are read together: one request per run rather than per
+    // file, which against an object store is most of a restore's time (each request is a round
+    // trip). Largest first, so that no big file starts last.
+    let mut units: Vec<Unit> = file_runs(files.iter().filter(|f| f.delta.is_none()), RUN_MAX_GAP, RUN_MAX_SIZE)
+        .into_iter()
+        .map(Unit::Run)
+        .chain(files.iter().filter(|f| f.delta.is_some()).map(Unit::Delta))
+        .collect();
+    units.sort_by_key(|u| std::cmp::Reverse(u.files().iter().map(|f| f.size).sum::<u64>()));
+    // Where each unit's files end in `order`, the order in which files are created.
+    let order: Vec<&FileEntry> = units.iter().flat_map(|u| u.files().iter().copied()).collect();
+    let ends: Vec<usize> = units
+        .iter()
+        .scan(0, |end, u| {
+            *end += u.files().len();
+            Some(*end)
+        })
+        .collect();
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     // Files are created by this thread alone, in the workers' order, while they restore:
     // workers creating files side by side in one directory contend on its lock (most of a
@@ -217,18 +250,23 @@ fn restore_files(
     let work = |_: usize| {
         while !failed.load(Ordering::Relaxed) {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(file) = order.get(i) else { break };
-            while created.load(Ordering::Acquire) <= i {
+            let Some(unit) = units.get(i) else { break };
+            while created.load(Ordering::Acquire) < ends[i] {
                 if failed.load(Ordering::Relaxed) {
                     return;
                 }
                 std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            if let Err(e) = restore_one(repo, chain, file, pgdata) {
+            let done = match unit {
+                Unit::Run(run) => restore_run(repo, run, pgdata, progress),
+                Unit::Delta(file) => restore_delta(repo, chain, file, pgdata).map(|()| {
+                    progress.bytes_done.fetch_add(file.size, Ordering::Relaxed);
+                }),
+            };
+            if let Err(e) = done {
                 fail(e);
                 break;
             }
-            progress.bytes_done.fetch_add(file.size, Ordering::Relaxed);
         }
     };
     std::thread::scope(|scope| {
@@ -258,20 +296,29 @@ fn restore_files(
     }
 }
 
-fn restore_one(repo: &PgRepo, chain: &Chain, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
-    let path: PathBuf = pgdata.join(&file.path);
-    if file.delta.is_some() {
-        let failed = |cause: ReconstructError| RestoreError::Reconstruct { path: file.path.clone(), cause: Box::new(cause) };
-        let layers = chain.layers(file).map_err(|e| failed(e.into()))?;
-        let out = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(write_err(&path))?;
-        let page_checksums = chain.target().data_checksums == Some(true);
-        return reconstruct(repo.objects(), &layers, &chain.ids(), page_checksums, &out).map_err(failed);
+/// The files of `run`, read with one request, each written to its (created) file.
+fn restore_run(repo: &PgRepo, run: &FileRun, pgdata: &Path, progress: &RestoreProgress) -> Result<(), RestoreError> {
+    let mut reader = repo.objects().read_run(run)?;
+    for file in &run.files {
+        let path: PathBuf = pgdata.join(&file.path);
+        let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
+        let mut out = BufWriter::with_capacity((1 << 20).min(file.size.max(1) as usize), out);
+        reader.decode_next(file, &mut out)?;
+        // Written back by restore_files' periodic syncfs, which also makes it durable.
+        out.flush().map_err(write_err(&path))?;
+        progress.bytes_done.fetch_add(file.size, Ordering::Relaxed);
     }
-    let out = fs::OpenOptions::new().write(true).open(&path).map_err(write_err(&path))?;
-    let mut out = BufWriter::with_capacity(1 << 20, out);
-    repo.objects().decode_file(file, &mut out)?;
-    // Written back by restore_files' periodic syncfs, which also makes it durable.
-    out.flush().map_err(write_err(&path))
+    Ok(())
+}
+
+/// A file of an incremental backup, rebuilt from the layers of the chain.
+fn restore_delta(repo: &PgRepo, chain: &Chain, file: &FileEntry, pgdata: &Path) -> Result<(), RestoreError> {
+    let path: PathBuf = pgdata.join(&file.path);
+    let failed = |cause: ReconstructError| RestoreError::Reconstruct { path: file.path.clone(), cause: Box::new(cause) };
+    let layers = chain.layers(file).map_err(|e| failed(e.into()))?;
+    let out = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(write_err(&path))?;
+    let page_checksums = chain.target().data_checksums == Some(true);
+    reconstruct(repo.objects(), &layers, &chain.ids(), page_checksums, &out).map_err(failed)
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {

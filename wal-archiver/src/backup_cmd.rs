@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use backup_core::config::Config;
 use backup_core::pg::backup::copy::Progress;
+use backup_core::pg::backup::incremental::Chain;
 use backup_core::pg::backup::inventory::RecoveryTarget;
 use backup_core::pg::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
 use backup_core::pg::backup::run::{run_backup, BackupOptions, WalSummaries};
 use backup_core::pg::backup::session::{ServerError, SqlSession};
 use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
-use backup_core::pg::PgRepo;
+use backup_core::pg::{PgRepo, PgRepoError};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::{human_bytes, Output};
@@ -31,8 +32,8 @@ impl SqlSession for ClientSession {
     }
 }
 
-pub fn backup(config: &Config, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind, wal_summaries: WalSummaries) -> Result<ExitCode> {
-    let mut repo = PgRepo::open(config)?;
+pub fn backup(config: &Config, repo: Option<&str>, pgdata: &Path, conninfo: &str, workers: usize, kind: BackupKind, wal_summaries: WalSummaries) -> Result<ExitCode> {
+    let mut repo = PgRepo::open_repo(config, &config.repo_or_primary(repo)?)?;
     // Large files compress on several threads, so the last big file does not run alone.
     repo.objects_mut().set_codec_threads(workers);
     let client = postgres::Client::connect(conninfo, postgres::NoTls).context("connecting to the server")?;
@@ -98,6 +99,8 @@ pub struct RestoreRequest<'a> {
     pub archive_off: bool,
     pub tablespace_map: &'a [String],
     pub target_timeline: Option<&'a str>,
+    /// `--repo`: restore from this repository only.
+    pub repo: Option<&'a str>,
 }
 
 impl RestoreRequest<'_> {
@@ -150,19 +153,18 @@ pub fn parse_timestamp(s: &str) -> Result<DateTime<Utc>> {
 
 pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: &RestoreRequest) -> Result<ExitCode> {
     let target = req.target()?;
-    let mut repo = PgRepo::open(config)?;
+    let (mut repo, chain, pinned) = restore_source(config, req, &target)?;
     // The largest files decompress on several threads, so one big file does not run alone.
     repo.objects_mut().set_codec_threads(req.workers);
-    let manifest = match req.backup_id {
-        Some(id) => repo.backups().read_manifest(&id.parse()?)?,
-        None => repo.backups().find(&target)?,
-    };
-    let chain = repo.backups().chain(manifest)?;
     let manifest = chain.target();
     let exe = std::env::current_exe().context("locating wal-archiver")?;
+    // Restored from a repository named on purpose, or because one before it failed: recovery
+    // fetches its WAL there only (the others may be gone, and a required repository that
+    // fails would abort recovery).
+    let only = pinned.map(|r| format!(" --repo {r}")).unwrap_or_default();
     let restore_command = match config_path.map(|p| p.canonicalize().unwrap_or_else(|_| p.to_path_buf())) {
-        Some(c) => format!("{} --config {} fetch %f %p", exe.display(), c.display()),
-        None => format!("{} fetch %f %p", exe.display()),
+        Some(c) => format!("{} --config {}{only} fetch %f %p", exe.display(), c.display()),
+        None => format!("{}{only} fetch %f %p", exe.display()),
     };
     let mut tablespace_map = std::collections::BTreeMap::new();
     for m in req.tablespace_map {
@@ -205,8 +207,50 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn list(config: &Config, output: Output) -> Result<ExitCode> {
-    let repo = PgRepo::open(config)?;
+/// The repository to restore from and the chain to restore: the one named by `--repo`, else
+/// the first repository, in the configured order (local first), that has the backup asked
+/// for, or one consistent before the target. A repository that fails is skipped with a
+/// warning; if none has it, the primary's answer is the error. The third value names the
+/// repository recovery must fetch WAL from alone, if any.
+fn restore_source(config: &Config, req: &RestoreRequest, target: &RecoveryTarget) -> Result<(PgRepo, Chain, Option<String>)> {
+    let find = |repo: &PgRepo| -> Result<Chain> {
+        let manifest = match req.backup_id {
+            Some(id) => repo.backups().read_manifest(&id.parse()?)?,
+            None => repo.backups().find(target)?,
+        };
+        Ok(repo.backups().chain(manifest)?)
+    };
+    let candidates = match req.repo {
+        Some(name) => vec![config.repo_named(name)?],
+        None => config.repositories(),
+    };
+    let mut first_error = None;
+    let mut failed = false;
+    for rc in &candidates {
+        let found = PgRepo::open_repo(config, rc).map_err(anyhow::Error::from).and_then(|repo| find(&repo).map(|chain| (repo, chain)));
+        match found {
+            Ok((repo, chain)) => {
+                if candidates.len() > 1 {
+                    eprintln!("wal-archiver: restoring from repository {} ({})", rc.name, repo.location());
+                }
+                let pinned = (req.repo.is_some() || failed).then(|| rc.name.clone());
+                return Ok((repo, chain, pinned));
+            }
+            Err(e) => {
+                // Lacking the backup is an answer; anything else is a failing repository.
+                failed |= !matches!(e.downcast_ref::<PgRepoError>(), Some(PgRepoError::UnknownBackup { .. } | PgRepoError::NoBackupForTarget(_)));
+                if candidates.len() > 1 {
+                    eprintln!("wal-archiver: repository {}: {e:#}", rc.name);
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| anyhow!("no repository configured")))
+}
+
+pub fn list(config: &Config, repo: Option<&str>, output: Output) -> Result<ExitCode> {
+    let repo = PgRepo::open_repo(config, &config.repo_or_primary(repo)?)?;
     let inventory = repo.backups().inventory()?;
     let backups = inventory.completed;
     if output == Output::Json {
@@ -245,16 +289,16 @@ pub fn summary_json(m: &Manifest) -> serde_json::Value {
     })
 }
 
-pub fn delete(config: &Config, id: &str, cascade: bool) -> Result<ExitCode> {
-    let repo = PgRepo::open(config)?;
+pub fn delete(config: &Config, repo: Option<&str>, id: &str, cascade: bool) -> Result<ExitCode> {
+    let repo = PgRepo::open_repo(config, &config.repo_or_primary(repo)?)?;
     for gone in repo.backups().delete(&id.parse()?, cascade)? {
         println!("deleted {gone}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn verify(config: &Config, id: &str, output: Output) -> Result<ExitCode> {
-    let repo = PgRepo::open(config)?;
+pub fn verify(config: &Config, repo: Option<&str>, id: &str, output: Output) -> Result<ExitCode> {
+    let repo = PgRepo::open_repo(config, &config.repo_or_primary(repo)?)?;
     let report = repo.backups().verify(&id.parse()?)?;
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -266,4 +310,36 @@ pub fn verify(config: &Config, id: &str, output: Output) -> Result<ExitCode> {
         println!("{}", if report.problems.is_empty() { "backup is intact" } else { "backup is NOT restorable as is" });
     }
     Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+pub fn copy(config: &Config, from: Option<&str>, id: &str, to: &str, output: Output) -> Result<ExitCode> {
+    let (src, dst) = (config.repo_or_primary(from)?, config.repo_named(to)?);
+    if src.name == dst.name {
+        bail!("backup {id} is already in repository {to}: --to must name another repository than the source (--repo, default the primary)");
+    }
+    let from_repo = PgRepo::open_repo(config, &src)?;
+    let to_repo = PgRepo::open_repo(config, &dst).with_context(|| format!("repository {to} (initialize it with 'wal-archiver init --pgdata DATADIR')"))?;
+    let started = std::time::Instant::now();
+    let report = backup_core::pg::backup::replicate::copy_backup(&from_repo, &to_repo, &id.parse()?)?;
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for b in &report.already_there {
+        println!("{b}: already in {to}");
+    }
+    if !report.copied.is_empty() {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "copied {} from {} to {}: {} objects, {} ({}/s), {} WAL files",
+            report.copied.join(" + "),
+            src.name,
+            dst.name,
+            report.objects,
+            human_bytes(report.bytes),
+            human_bytes((report.bytes as f64 / secs.max(0.001)) as u64),
+            report.wal_files
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -41,23 +41,34 @@ pub fn run(config_path: Option<&Path>, pgdata: Option<&Path>, dbname: Option<&st
     if config.encryption {
         r.item("key file", Repository::keys_for(&config).map(|_| ()).map_err(Into::into));
     }
-    let repo = r.item("repository reachable and initialized", PgRepo::open(&config).map_err(Into::into));
-    if let Some(repo) = &repo {
-        r.item("repository writable", probe_write(repo));
-    }
-    if let Some(pgdata) = pgdata {
-        let identity = r.item("data directory readable", ClusterIdentity::from_pgdata(pgdata).map_err(Into::into));
-        if let Ok(primary) = config.primary_repo() {
-            r.item("repository outside the data directory", refuse_repo_inside_pgdata(&primary.location, pgdata).map_err(Into::into));
+    // Every repository: a remote one that is down is better found now than by archive_command.
+    let all = config.repositories();
+    let identity = pgdata.and_then(|p| r.item("data directory readable", ClusterIdentity::from_pgdata(p).map_err(Into::into)));
+    let mut primary = None;
+    for (i, rc) in all.iter().enumerate() {
+        let label = |what: &str| if all.len() > 1 { format!("repository {}: {what}", rc.name) } else { format!("repository {what}") };
+        if let Some(pgdata) = pgdata {
+            r.item(&label("outside the data directory"), refuse_repo_inside_pgdata(&rc.location, pgdata).map_err(Into::into));
         }
-        if let (Some(id), Some(repo)) = (identity, &repo) {
-            let theirs = repo.cluster().system_id;
-            r.item(
-                "repository belongs to this cluster",
-                if id.system_id == theirs { Ok(()) } else { Err(anyhow!("cluster is {}, repository is for {theirs}", id.system_id)) },
-            );
+        let repo = r.item(&label("reachable and initialized"), PgRepo::open_repo(&config, rc).map_err(Into::into));
+        if let Some(repo) = &repo {
+            r.item(&label("writable"), probe_write(repo));
+            if let Some(id) = &identity {
+                let theirs = repo.cluster().system_id;
+                r.item(
+                    &label("belongs to this cluster"),
+                    if id.system_id == theirs { Ok(()) } else { Err(anyhow!("cluster is {}, repository is for {theirs}", id.system_id)) },
+                );
+            }
+        }
+        if i == 0 {
+            primary = repo;
         }
     }
+    if all.is_empty() {
+        r.item("repository configured", config.primary_repo().map(|_| ()).map_err(Into::into));
+    }
+    let repo = primary;
     if let Some(conninfo) = dbname {
         if let Some(mut client) = r.item("server connection", postgres::Client::connect(conninfo, postgres::NoTls).map_err(Into::into)) {
             r.item("archive_mode and archive_command (or archive_library)", archive_settings(&mut client));

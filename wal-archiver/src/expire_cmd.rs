@@ -1,4 +1,5 @@
-//! `expire`: apply the retention policy to the repository, listing what goes and why first.
+//! `expire`: apply the retention policy to a repository (the primary, or `--repo`), listing
+//! what goes and why first. Each repository has its own policy (its `retention_days`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -13,13 +14,14 @@ use serde_json::json;
 use crate::backup_cmd::parse_timestamp;
 use crate::{human_bytes, Output};
 
-pub fn expire(config: &Config, dry_run: bool, now: Option<&str>, output: Output) -> Result<ExitCode> {
+pub fn expire(config: &Config, repo: Option<&str>, dry_run: bool, now: Option<&str>, output: Output) -> Result<ExitCode> {
     let now = match now {
         Some(text) => parse_timestamp(text).map_err(|e| anyhow!("--now: {e}"))?,
         None => Utc::now(),
     };
-    let repo = PgRepo::open(config)?;
-    let policy = RetentionPolicy::from_config(config);
+    let rc = config.repo_or_primary(repo)?;
+    let repo = PgRepo::open_repo(config, &rc)?;
+    let policy = RetentionPolicy::for_repo(config, &rc);
     let plan = retention::plan(&repo, &policy, now, None)?;
     if output == Output::Text {
         print_plan(&plan);

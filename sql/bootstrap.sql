@@ -27,6 +27,9 @@ CREATE TABLE backup.backups (
     -- the last verification (backup.verify(), the scheduler's verify job)
     verified_at    timestamptz,
     verify_ok      boolean,
+    -- the repositories holding it, by name ([[repos]] names; 'local' for repo_path): where it
+    -- was taken, then where backup.copy() put it
+    repos          text[] NOT NULL DEFAULT '{}',
     -- live progress of a running backup
     worker_pid     int,
     phase          text,
@@ -50,12 +53,14 @@ COMMENT ON TABLE backup.events IS 'Job log: what the backup workers did and what
 -- schedule starts counting from: a changed or re-enabled job never catches up runs from before.
 CREATE TABLE backup.schedules (
     name        text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$'),
-    kind        text NOT NULL CHECK (kind IN ('full', 'incremental', 'verify', 'cleanup', 'health')),
+    kind        text NOT NULL CHECK (kind IN ('full', 'incremental', 'verify', 'cleanup', 'health', 'copy')),
     cron        text NOT NULL,
     time_zone   text NOT NULL,
     enabled     boolean NOT NULL DEFAULT true,
     -- catch_up (bool): run a run missed while the server was down once on start-up
-    --   (default: true for full, false for the others); count (int): backups per verify run
+    --   (default: true for full, false for the others); count (int): backups per verify run;
+    --   repo (text): the repository full/incremental backups go to (default: the primary);
+    --   to (text, required for copy): the repository a copy job copies backups into
     options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -102,7 +107,7 @@ CREATE FUNCTION backup.list()
 RETURNS TABLE (id text, type text, status text, start_lsn pg_lsn, stop_lsn pg_lsn, timeline int,
                start_time timestamptz, stop_time timestamptz, size_bytes bigint, stored_bytes bigint,
                file_count bigint, duration interval, error text, parent text, chain_depth int,
-               changed_blocks bigint)
+               changed_blocks bigint, repos text[])
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT pg_is_in_recovery() THEN
@@ -111,7 +116,7 @@ BEGIN
     RETURN QUERY
         SELECT b.id, b.type, b.status, b.start_lsn, b.stop_lsn, b.timeline, b.start_time, b.stop_time,
                b.size_bytes, b.stored_bytes, b.file_count, b.duration, b.error, b.parent, b.chain_depth,
-               b.changed_blocks
+               b.changed_blocks, b.repos
           FROM backup.backups b ORDER BY b.id;
 END
 $$;

@@ -39,12 +39,17 @@ pub enum StartError {
     Failed { id: BackupId, error: String },
     #[error("pg_backup_ext: {0}")]
     Catalog(#[from] pgrx::spi::Error),
+    #[error("pg_backup_ext: {0}")]
+    Config(String),
 }
 
 /// Start a backup in a new worker, connected to this backend's database (where the catalog
 /// is), and return once the worker has recorded it (so `backup.list()` shows it at once).
 /// Used by `backup.start_full()`/`start_incremental()` and by the scheduler.
-pub fn start(kind: BackupKind) -> Result<(BackupId, DynamicBackgroundWorker), StartError> {
+pub fn start(kind: BackupKind, repo: Option<&str>) -> Result<(BackupId, DynamicBackgroundWorker), StartError> {
+    // Named now, so that an unknown repository is refused here rather than by the worker.
+    let config = gucs::load_config().map_err(|e| StartError::Config(report(&e)))?;
+    let repo = config.repo_or_primary(repo).map_err(|e| StartError::Config(report(&e)))?.name;
     catalog::reap_stale()?;
     if let Some(running) = catalog::running_backup()? {
         return Err(StartError::AlreadyRunning(running));
@@ -56,7 +61,7 @@ pub fn start(kind: BackupKind) -> Result<(BackupId, DynamicBackgroundWorker), St
         crate::postgres::check_for_interrupts();
         id = BackupId::at(chrono::Utc::now());
     }
-    let extra = format!("{id} {} {kind}", crate::postgres::database_oid());
+    let extra = format!("{id} {} {kind} {repo}", crate::postgres::database_oid());
     let handle = bgworker::launch(WORKER_TYPE, "pg_backup_ext_worker_main", &extra)?;
     if handle.wait_for_startup().is_err() {
         return Err(StartError::DidNotStart(id));
@@ -81,7 +86,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
     let worker = Worker::attach();
     let extra = worker.extra();
     let mut parts = extra.split(' ');
-    let (Some(id), Some(dboid), Some(kind)) = (
+    let (Some(id), Some(dboid), Some(kind), Some(repo)) = (
         parts.next(),
         parts.next().and_then(|d| d.parse::<u32>().ok()),
         match parts.next() {
@@ -89,6 +94,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
             Some("incremental") => Some(BackupKind::Incremental),
             _ => None,
         },
+        parts.next().map(str::to_string),
     ) else {
         log!("pg_backup_ext: worker started with bad arguments {extra:?}");
         return;
@@ -99,7 +105,7 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
         return;
     };
 
-    match transaction(|| Ok(catalog::claim(&id, kind)?)) {
+    match transaction(|| Ok(catalog::claim(&id, kind, &repo)?)) {
         Ok(Ok(())) => {}
         Ok(Err(refused)) => {
             log!("pg_backup_ext: {id}: {refused}");
@@ -110,8 +116,8 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
             return;
         }
     }
-    match take_backup(&worker, &id, kind) {
-        Ok(m) => record_completed(&id, &m),
+    match take_backup(&worker, &id, kind, &repo) {
+        Ok(m) => record_completed(&id, &m, &repo),
         Err(e) => {
             log!("pg_backup_ext: backup {id} failed: {e}");
             if let Err(sql) = transaction(|| Ok(catalog::mark_failed(&id, &e)?)) {
@@ -121,9 +127,9 @@ pub extern "C-unwind" fn pg_backup_ext_worker_main(_arg: pg_sys::Datum) {
     }
 }
 
-fn record_completed(id: &BackupId, m: &Manifest) {
+fn record_completed(id: &BackupId, m: &Manifest, repo: &str) {
     let recorded = transaction(|| {
-        catalog::upsert_completed(m)?;
+        catalog::upsert_completed(m, repo)?;
         let on_top = match &m.parent {
             Some(p) => format!(", incremental on {p}: {} changed blocks, {} bytes read", m.stats.changed_blocks, m.stats.bytes_read),
             None => String::new(),
@@ -157,11 +163,12 @@ fn record_completed(id: &BackupId, m: &Manifest) {
     }
 }
 
-fn take_backup(worker: &Worker, id: &BackupId, kind: BackupKind) -> Result<Manifest, String> {
+fn take_backup(worker: &Worker, id: &BackupId, kind: BackupKind, repo_name: &str) -> Result<Manifest, String> {
     // GUCs and the data directory are read here, on the main thread, before any copying thread
     // exists; the threads get plain Rust values.
     let config = gucs::load_config().map_err(|e| report(&e))?;
-    let mut repo = PgRepo::open(&config).map_err(|e| report(&e))?;
+    let target = config.repo_named(repo_name).map_err(|e| report(&e))?;
+    let mut repo = PgRepo::open_repo(&config, &target).map_err(|e| report(&e))?;
     // SIGTERM stops the copy and every upload or download under way.
     let stop = CancelToken::new();
     repo.objects_mut().set_cancel(stop.clone());

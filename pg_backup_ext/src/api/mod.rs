@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
+mod repositories;
 mod schedules;
 
 use crate::backup_worker;
@@ -32,27 +33,28 @@ pub(crate) fn sql<T>(r: catalog::CatalogResult<T>) -> T {
 }
 
 /// Start a full backup; returns its id at once (a background worker does the work), or with
-/// `wait => true` once it is done, raising an error if it failed.
+/// `wait => true` once it is done, raising an error if it failed. `repo` names the repository
+/// it goes to (default: the primary).
 #[pg_extern(volatile)]
-fn start_full(wait: default!(bool, false)) -> String {
-    start(BackupKind::Full, wait)
+fn start_full(wait: default!(bool, false), repo: default!(Option<&str>, "NULL")) -> String {
+    start(BackupKind::Full, wait, repo)
 }
 
 /// Start an incremental backup on top of the newest completed backup of the server's timeline:
 /// only the pages changed since that one are stored. Same worker, progress and waiting as
 /// `start_full`.
 #[pg_extern(volatile)]
-fn start_incremental(wait: default!(bool, false)) -> String {
+fn start_incremental(wait: default!(bool, false), repo: default!(Option<&str>, "NULL")) -> String {
     // Said here, at once, rather than by a worker a moment later.
-    let completed = open_repo().backups().completed_ids().unwrap_or_else(|e| error!("{}", report(&e)));
+    let completed = repositories::open_named(repo).backups().completed_ids().unwrap_or_else(|e| error!("{}", report(&e)));
     if completed.is_empty() {
         error!("{}", report(&ChainError::NoBackup));
     }
-    start(BackupKind::Incremental, wait)
+    start(BackupKind::Incremental, wait, repo)
 }
 
-fn start(kind: BackupKind, wait: bool) -> String {
-    let (id, handle) = backup_worker::start(kind).unwrap_or_else(|e| error!("{e}"));
+fn start(kind: BackupKind, wait: bool, repo: Option<&str>) -> String {
+    let (id, handle) = backup_worker::start(kind, repo).unwrap_or_else(|e| error!("{e}"));
     if wait {
         // Whether the worker ended or the wait was cut short, the row says how it went.
         let ended = handle.wait_for_shutdown();
@@ -73,7 +75,7 @@ fn get(id: &str) -> JsonB {
     let row = sql(catalog::row_json(&bid));
     let status = row.as_ref().map(BackupStatus::from_row);
     let manifest = match status {
-        None | Some(BackupStatus::Completed) => match open_repo().backups().read_manifest(&bid) {
+        None | Some(BackupStatus::Completed) => match repositories::holder_of(&bid).1 {
             Ok(m) => Some(m),
             Err(PgRepoError::UnknownBackup { .. }) if row.is_some() => None,
             Err(e) => error!("{}", report(&e)),
@@ -103,9 +105,13 @@ fn manifest_json(m: &Manifest) -> serde_json::Value {
 /// Re-read every object of a backup and the WAL it needs; `ok` is false and `problems` name
 /// each bad object when anything fails.
 #[pg_extern(volatile)]
-fn verify(id: &str) -> JsonB {
+fn verify(id: &str, repo: default!(Option<&str>, "NULL")) -> JsonB {
     let bid = parse_id(id);
-    let report = open_repo().backups().verify(&bid).unwrap_or_else(|e| error!("{}", report(&e)));
+    let holder = match repo {
+        Some(_) => repositories::open_named(repo),
+        None => repositories::holder_of(&bid).0,
+    };
+    let report = holder.backups().verify(&bid).unwrap_or_else(|e| error!("{}", report(&e)));
     for p in &report.problems {
         warning!("{id}: {p}");
     }
@@ -124,46 +130,83 @@ fn find_at(at: &str) -> String {
     open_repo().backups().find(&target).unwrap_or_else(|e| error!("{}", report(&e))).id.to_string()
 }
 
-/// Remove a backup from the repository and the catalog. A backup incremental backups build on
-/// is refused, naming them, unless `cascade => true` (then they go too).
+/// Remove a backup from the repositories and the catalog: from `repo` only when named, else
+/// from every repository that holds it. A backup incremental backups build on is refused,
+/// naming them, unless `cascade => true` (then they go too).
 #[pg_extern(volatile)]
-fn delete(id: &str, cascade: default!(bool, false)) {
+fn delete(id: &str, cascade: default!(bool, false), repo: default!(Option<&str>, "NULL")) {
     let bid = parse_id(id);
     let status = sql(catalog::status(&bid)).map(|(s, _)| s);
     if status == Some(BackupStatus::Running) {
         error!("backup {id} is running; it cannot be deleted until it ends");
     }
-    match open_repo().backups().delete(&bid, cascade) {
-        Ok(deleted) => {
-            for d in deleted.iter().filter(|d| **d != bid) {
-                sql(catalog::remove(d));
+    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)));
+    let targets = match repo {
+        Some(name) => vec![config.repo_named(name).unwrap_or_else(|e| error!("{e}"))],
+        None => config.repositories(),
+    };
+    let mut found = false;
+    for rc in &targets {
+        let r = PgRepo::open_repo(&config, rc).unwrap_or_else(|e| error!("repository {}: {}", rc.name, report(&e)));
+        match r.backups().delete(&bid, cascade) {
+            Ok(deleted) => {
+                found = true;
+                for d in &deleted {
+                    sql(catalog::remove_from_repo(d, &rc.name));
+                }
             }
+            Err(PgRepoError::UnknownBackup { .. }) => {}
+            Err(e) => error!("repository {}: {}", rc.name, report(&e)),
         }
-        // Only the catalog knew it (a failed backup that stored nothing): forget the row.
-        Err(PgRepoError::UnknownBackup { .. }) if status.is_some() => {}
-        Err(e) => error!("{}", report(&e)),
     }
-    sql(catalog::remove(&bid));
+    match (found, repo, status) {
+        (true, _, _) | (false, None, Some(_)) => {}
+        // A failed backup that stored nothing is only in the catalog: forgetting the row is all.
+        (false, _, _) => error!(
+            "{}",
+            report(&PgRepoError::UnknownBackup { id: id.to_string(), location: targets.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ") })
+        ),
+    }
+    if repo.is_none() {
+        sql(catalog::remove(&bid));
+    }
 }
 
-/// Rebuild the catalog of completed backups from the repository (the truth). Returns how
-/// many backups the repository holds.
+/// Rebuild the catalog of completed backups from the repositories (the truth): which backups
+/// exist, and which repositories hold each. A repository that cannot be read is left as the
+/// catalog has it, with a warning. Returns how many distinct backups the repositories hold.
 #[pg_extern(volatile)]
 fn resync() -> i32 {
-    let backups = open_repo().backups().list().unwrap_or_else(|e| error!("{}", report(&e)));
-    for m in &backups {
-        sql(catalog::upsert_completed(m));
+    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {}", report(&e)));
+    let mut all = std::collections::BTreeSet::new();
+    for rc in config.repositories() {
+        let listed = PgRepo::open_repo(&config, &rc).and_then(|r| r.backups().list());
+        let backups = match listed {
+            Ok(b) => b,
+            Err(e) => {
+                warning!("pg_backup_ext: repository {} could not be read ({}); its backups are left as the catalog has them", rc.name, report(&e));
+                continue;
+            }
+        };
+        for m in &backups {
+            sql(catalog::upsert_completed(m, &rc.name));
+        }
+        let ids: Vec<String> = backups.iter().map(|m| m.id.to_string()).collect();
+        sql(catalog::sync_repo(&rc.name, &ids));
+        all.extend(ids);
     }
-    let ids: Vec<String> = backups.iter().map(|m| m.id.to_string()).collect();
-    sql(catalog::remove_completed_except(&ids));
-    backups.len() as i32
+    if config.repositories().is_empty() {
+        error!("pg_backup_ext: {}", report(&backup_core::config::ConfigError::NoRepository));
+    }
+    sql(catalog::drop_unheld());
+    all.len() as i32
 }
 
 /// Used by `backup.create_restore_point(name)`.
 #[pg_extern(volatile)]
 fn record_restore_point(name: &str, lsn: &str) -> String {
     let parsed: backup_core::pg::wal::Lsn = lsn.parse().unwrap_or_else(|e: backup_core::pg::wal::WalError| error!("{e}"));
-    open_repo().backups().record_restore_point(name, parsed).unwrap_or_else(|e| error!("{}", report(&e)));
+    repositories::record_restore_point(name, parsed);
     lsn.to_string()
 }
 

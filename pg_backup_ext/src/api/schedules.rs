@@ -46,7 +46,7 @@ fn schedule(
     let existing = sql(runs::job(name));
     let kind: JobKind = match kind.or(existing.as_ref().map(|j| j.kind.as_str())).unwrap_or(name).parse() {
         Ok(k) => k,
-        Err(e) => error!("job {name:?}: {e}; say which with kind => 'full' (or incremental, verify, cleanup, health)"),
+        Err(e) => error!("job {name:?}: {e}; say which with kind => 'full' (or incremental, verify, cleanup, health, copy)"),
     };
     let zone = time_zone.map(str::to_string).or(existing.as_ref().map(|j| j.time_zone.clone())).unwrap_or_else(|| schedule::DEFAULT_TIME_ZONE.to_string());
     let parsed = Schedule::parse(cron, &zone).unwrap_or_else(|e| error!("job {name:?}: {e}"));
@@ -55,6 +55,18 @@ fn schedule(
         Some(JsonB(o)) => o,
         None => existing.map(|j| j.options).unwrap_or_else(|| serde_json::json!({})),
     };
+    // Repositories the job names must exist now, not fail at 2 a.m.
+    let config = gucs::load_config().ok();
+    for field in ["repo", "to"] {
+        if let (Some(repo), Some(config)) = (options.get(field).and_then(|v| v.as_str()), &config) {
+            if let Err(e) = config.repo_named(repo) {
+                error!("job {name:?}: options.{field}: {e}");
+            }
+        }
+    }
+    if kind == JobKind::Copy && options.get("to").and_then(|v| v.as_str()).is_none() {
+        error!("job {name:?}: a copy job needs the repository to copy into: options => '{{\"to\": \"offsite\"}}'");
+    }
     if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) || name.starts_with(['.', '-']) {
         error!("job name {name:?} must be 1-63 letters, digits, '_', '.' or '-', not starting with '.' or '-'");
     }
@@ -148,28 +160,54 @@ fn scheduler_status() -> TableIterator<
     TableIterator::new(rows)
 }
 
-/// Retention: what the policy deletes now and why (kept items too, with their reason). With
-/// `dry_run => false` it deletes them and drops deleted backups from the catalog.
+/// Retention: what the policy deletes now and why (kept items too, with their reason), in
+/// every repository (each with its own policy) or only in `repo`. With `dry_run => false` it
+/// deletes them and drops deleted backups from the catalog.
+// pgrx reads the column names from the tuple written out here: a type alias is refused.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile)]
 fn cleanup(
     dry_run: default!(bool, true),
-) -> TableIterator<'static, (name!(action, String), name!(kind, String), name!(name, String), name!(bytes, i64), name!(reason, String))> {
+    repo: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(action, String), name!(kind, String), name!(name, String), name!(bytes, i64), name!(reason, String), name!(repo, String)),
+> {
     sql(catalog::reap_stale());
     let running = sql(catalog::running_backup()).and_then(|r| r.parse::<BackupId>().ok());
-    let expiry = scheduler::expire(running.as_ref(), dry_run).unwrap_or_else(|e| error!("{e}"));
-    for id in &expiry.deleted {
-        sql(catalog::remove(id));
+    let config = gucs::load_config().unwrap_or_else(|e| error!("pg_backup_ext: {}", backup_core::error::report(&e)));
+    let targets = match repo {
+        Some(name) => vec![config.repo_named(name).unwrap_or_else(|e| error!("pg_backup_ext: {e}"))],
+        None => config.repositories(),
+    };
+    let mut rows = Vec::new();
+    for rc in &targets {
+        let expiry = scheduler::expire(&config, rc, running.as_ref(), dry_run).unwrap_or_else(|e| error!("repository {}: {e}", rc.name));
+        for id in &expiry.deleted {
+            sql(catalog::remove_from_repo(id, &rc.name));
+        }
+        if let Some(e) = &expiry.error {
+            // A warning, not an error: an error would roll back the catalog's removals above.
+            warning!("cleanup of repository {} stopped after deleting {} backup(s): {e}; run it again once that is fixed", rc.name, expiry.deleted.len());
+        }
+        match &expiry.report {
+            Some(r) => notice!(
+                "repository {}: deleted {} backup(s), {} WAL file(s), {} orphan(s); freed {} bytes",
+                rc.name,
+                r.backups_deleted.len(),
+                r.wal_files_deleted,
+                r.orphans_deleted,
+                r.bytes_freed
+            ),
+            None => notice!(
+                "repository {}: dry run: would free {} bytes; run SELECT * FROM backup.cleanup(dry_run => false) to delete",
+                rc.name,
+                expiry.plan.bytes_to_free()
+            ),
+        }
+        rows.extend(expiry.plan.items.into_iter().map(|i| {
+            (i.action.as_str().to_string(), i.kind.as_str().to_string(), i.name, i.bytes as i64, i.reason, rc.name.clone())
+        }));
     }
-    if let Some(e) = &expiry.error {
-        // A warning, not an error: an error would roll back the catalog's removals above.
-        warning!("cleanup stopped after deleting {} backup(s): {e}; run it again once that is fixed", expiry.deleted.len());
-    }
-    match &expiry.report {
-        Some(r) => notice!("deleted {} backup(s), {} WAL file(s), {} orphan(s); freed {} bytes", r.backups_deleted.len(), r.wal_files_deleted, r.orphans_deleted, r.bytes_freed),
-        None => notice!("dry run: would free {} bytes; run SELECT * FROM backup.cleanup(dry_run => false) to delete", expiry.plan.bytes_to_free()),
-    }
-    let plan = expiry.plan;
-    TableIterator::new(
-        plan.items.into_iter().map(|i| (i.action.as_str().to_string(), i.kind.as_str().to_string(), i.name, i.bytes as i64, i.reason)).collect::<Vec<_>>(),
-    )
+    TableIterator::new(rows)
 }

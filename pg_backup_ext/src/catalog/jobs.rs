@@ -40,6 +40,16 @@ impl Job {
     }
 
     /// Backups a verify run checks at most.
+    /// `options.repo`: the repository a backup job writes to (default: the primary).
+    pub fn repo(&self) -> Option<&str> {
+        self.options.get("repo").and_then(|v| v.as_str())
+    }
+
+    /// `options.to`: the repository a copy job copies into.
+    pub fn copy_to(&self) -> Option<&str> {
+        self.options.get("to").and_then(|v| v.as_str())
+    }
+
     pub fn verify_count(&self) -> usize {
         self.options.get("count").and_then(|v| v.as_u64()).unwrap_or(3).clamp(1, 1000) as usize
     }

@@ -116,7 +116,7 @@ const BACKUP_LOCK_KEY: i64 = 0x7062_6b75_7001;
 
 /// Take the cluster-wide backup lock and create the row for backup `id` taken by this
 /// process: `running`, or `failed` with the reason when the backup may not run.
-pub fn claim(id: &BackupId, kind: BackupKind) -> CatalogResult<Result<(), ClaimRefused>> {
+pub fn claim(id: &BackupId, kind: BackupKind, repo: &str) -> CatalogResult<Result<(), ClaimRefused>> {
     let locked = Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_lock($1)", &[BACKUP_LOCK_KEY.into()])?.unwrap_or(false);
     let archive_mode = Spi::get_one::<String>("SELECT current_setting('archive_mode')")?.unwrap_or_default();
     let refused = if !locked {
@@ -129,9 +129,9 @@ pub fn claim(id: &BackupId, kind: BackupKind) -> CatalogResult<Result<(), ClaimR
     let status = if refused.is_some() { BackupStatus::Failed } else { BackupStatus::Running };
     let error = refused.as_ref().map(ToString::to_string);
     Spi::run_with_args(
-        "INSERT INTO backup.backups (id, type, status, worker_pid, start_time, phase, error)
-         VALUES ($1, $2, $3, pg_backend_pid(), now(), 'starting', $4)",
-        &[id.as_str().into(), kind.to_string().into(), status.as_str().into(), error.clone().into()],
+        "INSERT INTO backup.backups (id, type, status, worker_pid, start_time, phase, error, repos)
+         VALUES ($1, $2, $3, pg_backend_pid(), now(), 'starting', $4, ARRAY[$5])",
+        &[id.as_str().into(), kind.to_string().into(), status.as_str().into(), error.clone().into(), repo.into()],
     )?;
     match &error {
         Some(e) => event(id, EventLevel::Error, e)?,
@@ -169,16 +169,18 @@ pub fn health_event(message: &str) -> CatalogResult<()> {
     Spi::run_with_args("INSERT INTO backup.events (level, message) VALUES ('warning', $1)", &[format!("health: {message}").into()])
 }
 
-/// Record `m` as a completed backup, inserting or updating its row. Used when a worker
-/// finishes and when `backup.resync()` rebuilds the catalog from the repository.
-pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
+/// Record `m` as a completed backup held by repository `repo`, inserting or updating its row.
+/// Used when a worker finishes, when a copy completes, and when `backup.resync()` rebuilds
+/// the catalog from the repositories.
+pub fn upsert_completed(m: &Manifest, repo: &str) -> CatalogResult<()> {
     Spi::run_with_args(
         "INSERT INTO backup.backups (id, type, status, start_lsn, stop_lsn, timeline, start_time, stop_time, size_bytes,
                                      stored_bytes, file_count, duration, page_checksum_failures, parent, chain_depth,
-                                     changed_blocks)
+                                     changed_blocks, repos)
          VALUES ($1, $2, $13, $3::pg_lsn, $4::pg_lsn, $5, $6::timestamptz, $7::timestamptz, $8, $9, $10,
-                 ($11 || ' milliseconds')::interval, $12, $14, $15, $16)
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, error = NULL, phase = NULL, start_lsn = excluded.start_lsn,
+                 ($11 || ' milliseconds')::interval, $12, $14, $15, $16, ARRAY[$17])
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+             repos = CASE WHEN $17 = ANY(backup.backups.repos) THEN backup.backups.repos ELSE backup.backups.repos || $17 END, error = NULL, phase = NULL, start_lsn = excluded.start_lsn,
              type = excluded.type, parent = excluded.parent, chain_depth = excluded.chain_depth,
              changed_blocks = excluded.changed_blocks,
              stop_lsn = excluded.stop_lsn, timeline = excluded.timeline, start_time = excluded.start_time,
@@ -203,6 +205,7 @@ pub fn upsert_completed(m: &Manifest) -> CatalogResult<()> {
             m.parent.as_ref().map(|p| p.to_string()).into(),
             (m.chain_depth as i32).into(),
             m.changed_blocks().map(|n| n as i64).into(),
+            repo.into(),
         ],
     )
 }
@@ -249,13 +252,25 @@ pub fn remove(id: &BackupId) -> CatalogResult<()> {
     event(id, EventLevel::Info, "deleted")
 }
 
-/// Drop `completed` rows whose backup is not among `in_repository`: without a manifest they
-/// are not restorable.
-pub fn remove_completed_except(in_repository: &[String]) -> CatalogResult<()> {
+/// Backup `id` is gone from repository `repo`; the row goes when no repository holds it.
+pub fn remove_from_repo(id: &BackupId, repo: &str) -> CatalogResult<()> {
+    Spi::run_with_args("UPDATE backup.backups SET repos = array_remove(repos, $2) WHERE id = $1", &[id.as_str().into(), repo.into()])?;
+    event(id, EventLevel::Info, &format!("deleted from repository {repo}"))?;
+    drop_unheld()
+}
+
+/// Repository `repo` holds exactly `ids` among completed backups (what `resync` found there).
+pub fn sync_repo(repo: &str, ids: &[String]) -> CatalogResult<()> {
     Spi::run_with_args(
-        "DELETE FROM backup.backups WHERE status = $1 AND NOT (id = ANY($2))",
-        &[BackupStatus::Completed.as_str().into(), in_repository.to_vec().into()],
+        "UPDATE backup.backups SET repos = array_remove(repos, $1) WHERE status = $2 AND $1 = ANY(repos) AND NOT (id = ANY($3))",
+        &[repo.into(), BackupStatus::Completed.as_str().into(), ids.to_vec().into()],
     )
+}
+
+/// Drop `completed` rows no repository holds any more: without a manifest anywhere they are
+/// not restorable.
+pub fn drop_unheld() -> CatalogResult<()> {
+    Spi::run_with_args("DELETE FROM backup.backups WHERE status = $1 AND repos = '{}'", &[BackupStatus::Completed.as_str().into()])
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -219,6 +219,7 @@ impl Scheduler {
                     JobKind::Verify => tasks::verify(job.verify_count()),
                     JobKind::Cleanup => tasks::cleanup(),
                     JobKind::Health => tasks::health(),
+                    JobKind::Copy => tasks::copy(job.repo(), job.copy_to()),
                     JobKind::Full | JobKind::Incremental => unreachable!("handled above"),
                 };
                 transaction(|| Ok(runs::finish_run(run, status, &message)?))
@@ -254,7 +255,7 @@ impl Scheduler {
         }
         let run = transaction(|| Ok(runs::start_run(&job.name, job.kind, due.scheduled_for, note.as_deref())?))?;
         let started = transaction(|| {
-            Ok(match backup_worker::start(kind) {
+            Ok(match backup_worker::start(kind, job.repo()) {
                 Ok((id, _handle)) => {
                     runs::set_run_backup(run, id.as_str())?;
                     Ok(id)

@@ -1,7 +1,8 @@
-//! The jobs the scheduler runs in its own process: verify, cleanup (retention), health. Each
+//! The jobs the scheduler runs in its own process: verify, cleanup (retention), health, copy. Each
 //! returns the run's status and the message for its `backup.job_runs` row; problems are also
 //! written to `backup.events`, where people look first.
 
+use backup_core::config::{Config, RepoConfig};
 use backup_core::error::report;
 use backup_core::pg::backup::BackupId;
 use backup_core::pg::retention::{self, RetentionPolicy};
@@ -61,7 +62,8 @@ pub fn verify(count: usize) -> (RunStatus, String) {
     }
 }
 
-/// Apply the retention policy now (the same as `backup.cleanup(dry_run => false)`).
+/// Apply the retention policy now to every repository, each with its own policy (the same
+/// as `backup.cleanup(dry_run => false)`).
 pub fn cleanup() -> (RunStatus, String) {
     let running = match transaction(|| {
         catalog::reap_stale()?;
@@ -70,36 +72,52 @@ pub fn cleanup() -> (RunStatus, String) {
         Ok(r) => r.and_then(|r| r.parse::<BackupId>().ok()),
         Err(e) => return failed(e.to_string()),
     };
-    let expiry = match expire(running.as_ref(), false) {
-        Ok(e) => e,
-        Err(e) => return failed(e),
+    let config = match gucs::load_config() {
+        Ok(c) => c,
+        Err(e) => return failed(report(&e)),
     };
-    if let Err(e) = transaction(|| {
-        for id in &expiry.deleted {
-            catalog::remove(id)?;
+    let (mut summaries, mut problems) = (Vec::new(), Vec::new());
+    for rc in config.repositories() {
+        let expiry = match expire(&config, &rc, running.as_ref(), false) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("{}: {e}", rc.name));
+                continue;
+            }
+        };
+        if let Err(e) = transaction(|| {
+            for id in &expiry.deleted {
+                catalog::remove_from_repo(id, &rc.name)?;
+            }
+            Ok(())
+        }) {
+            problems.push(format!("{}: deleted {:?} but could not update backup.backups: {e}; run SELECT backup.resync()", rc.name, expiry.deleted));
         }
-        Ok(())
-    }) {
-        return failed(format!("deleted {:?} from the repository but could not update backup.backups: {e}; run SELECT backup.resync()", expiry.deleted));
-    }
-    let deleted: Vec<String> = expiry.deleted.iter().map(ToString::to_string).collect();
-    let deleted = if deleted.is_empty() { String::new() } else { format!(" ({})", deleted.join(", ")) };
-    match (&expiry.report, &expiry.error) {
-        (Some(r), None) => {
-            let kept = expiry.plan.items.iter().filter(|i| i.kind == retention::ItemKind::Backup && i.action == retention::Action::Keep).count();
-            (
-                RunStatus::Succeeded,
-                format!(
-                    "deleted {} backup(s){deleted}, {} WAL file(s), {} orphan(s); freed {} bytes; {kept} backup(s) kept",
+        let deleted: Vec<String> = expiry.deleted.iter().map(ToString::to_string).collect();
+        let deleted = if deleted.is_empty() { String::new() } else { format!(" ({})", deleted.join(", ")) };
+        match (&expiry.report, &expiry.error) {
+            (Some(r), None) => {
+                let kept = expiry.plan.items.iter().filter(|i| i.kind == retention::ItemKind::Backup && i.action == retention::Action::Keep).count();
+                summaries.push(format!(
+                    "{}: deleted {} backup(s){deleted}, {} WAL file(s), {} orphan(s); freed {} bytes; {kept} backup(s) kept",
+                    rc.name,
                     r.backups_deleted.len(),
                     r.wal_files_deleted,
                     r.orphans_deleted,
                     r.bytes_freed
-                ),
-            )
+                ));
+            }
+            (_, Some(e)) => problems.push(format!("{}: cleanup stopped after deleting {} backup(s){deleted}: {e}", rc.name, expiry.deleted.len())),
+            (None, None) => unreachable!("a real run has a report or an error"),
         }
-        (_, Some(e)) => failed(format!("cleanup stopped after deleting {} backup(s){deleted}: {e}", expiry.deleted.len())),
-        (None, None) => unreachable!("a real run has a report or an error"),
+    }
+    // One repository: the message reads as it always did.
+    let strip = |s: String| if config.repositories().len() == 1 { s.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or(s) } else { s };
+    let summaries: Vec<String> = summaries.into_iter().map(strip).collect();
+    if problems.is_empty() {
+        (RunStatus::Succeeded, summaries.join("; "))
+    } else {
+        failed(problems.into_iter().chain(summaries).collect::<Vec<_>>().join("; "))
     }
 }
 
@@ -114,13 +132,12 @@ pub struct Expiry {
     pub deleted: Vec<BackupId>,
 }
 
-/// Plan retention at the current time and, unless `dry_run`, carry it out. Touches the
-/// repository only (callers update the catalog in their own transaction): shared by the
-/// scheduler and `backup.cleanup()`. `Err` when nothing was deleted.
-pub fn expire(running: Option<&BackupId>, dry_run: bool) -> Result<Expiry, String> {
-    let config = gucs::load_config().map_err(|e| report(&e))?;
-    let repo = PgRepo::open(&config).map_err(|e| report(&e))?;
-    let plan = retention::plan(&repo, &RetentionPolicy::from_config(&config), Utc::now(), running).map_err(|e| report(&e))?;
+/// Plan retention of repository `rc` at the current time and, unless `dry_run`, carry it out.
+/// Touches the repository only (callers update the catalog in their own transaction): shared
+/// by the scheduler and `backup.cleanup()`. `Err` when nothing was deleted.
+pub fn expire(config: &Config, rc: &RepoConfig, running: Option<&BackupId>, dry_run: bool) -> Result<Expiry, String> {
+    let repo = PgRepo::open_repo(config, rc).map_err(|e| report(&e))?;
+    let plan = retention::plan(&repo, &RetentionPolicy::for_repo(config, rc), Utc::now(), running).map_err(|e| report(&e))?;
     if dry_run {
         return Ok(Expiry { plan, report: None, error: None, deleted: Vec::new() });
     }
@@ -139,8 +156,91 @@ pub fn expire(running: Option<&BackupId>, dry_run: bool) -> Result<Expiry, Strin
     }
 }
 
+/// Copy every completed backup of repository `from` (default: the primary) that repository
+/// `to` lacks and its retention would keep, oldest first (so an incremental's base goes
+/// first): the off-site copy of the nightly backup.
+pub fn copy(from: Option<&str>, to: Option<&str>) -> (RunStatus, String) {
+    let Some(to) = to else {
+        return failed("a copy job needs options.to, the repository to copy into (backup.schedule(..., options => '{\"to\": \"offsite\"}'))".to_string());
+    };
+    let config = match gucs::load_config() {
+        Ok(c) => c,
+        Err(e) => return failed(report(&e)),
+    };
+    let opened = (|| {
+        let (src, dst) = (config.repo_or_primary(from).map_err(|e| report(&e))?, config.repo_named(to).map_err(|e| report(&e))?);
+        let source = PgRepo::open_repo(&config, &src).map_err(|e| format!("repository {}: {}", src.name, report(&e)))?;
+        let target = PgRepo::open_repo(&config, &dst).map_err(|e| format!("repository {}: {}", dst.name, report(&e)))?;
+        let window = chrono::Duration::days(RetentionPolicy::for_repo(&config, &dst).full_days.into());
+        let there: std::collections::BTreeSet<BackupId> = target.backups().completed_ids().map_err(|e| report(&e))?.into_iter().collect();
+        let wanted: Vec<BackupId> = source
+            .backups()
+            .list()
+            .map_err(|e| report(&e))?
+            .into_iter()
+            .filter(|m| !there.contains(&m.id) && Utc::now() - m.start_time < window)
+            .map(|m| m.id)
+            .collect();
+        Ok::<_, String>((source, target, wanted))
+    })();
+    let (source, target, wanted) = match opened {
+        Ok(v) => v,
+        Err(e) => return failed(e),
+    };
+    if wanted.is_empty() {
+        return (RunStatus::Succeeded, format!("nothing to copy: {to} holds every backup its retention keeps"));
+    }
+    let (mut copied, mut bytes) = (Vec::new(), 0);
+    for id in &wanted {
+        match backup_core::pg::backup::replicate::copy_backup(&source, &target, id) {
+            Ok(r) => {
+                bytes += r.bytes;
+                if let Err(e) = transaction(|| {
+                    for m in &r.manifests {
+                        catalog::upsert_completed(m, to)?;
+                    }
+                    Ok(())
+                }) {
+                    log!("pg_backup_ext scheduler: {id} copied to {to} but not recorded in backup.backups: {e}");
+                }
+                copied.push(id.to_string());
+            }
+            Err(e) => {
+                return failed(format!("copied {} backup(s) to {to} ({}), then {id} failed: {}", copied.len(), copied.join(", "), report(&e)));
+            }
+        }
+    }
+    (RunStatus::Succeeded, format!("copied {} backup(s) to {to} ({bytes} bytes): {}", copied.len(), copied.join(", ")))
+}
+
+/// Every repository answers, and none is owed WAL (a best-effort one that was down: its
+/// off-site copy of the archive is behind until it catches up).
+fn repository_problems() -> Vec<String> {
+    let config = match gucs::load_config() {
+        Ok(c) => c,
+        Err(e) => return vec![report(&e)],
+    };
+    let mut problems = Vec::new();
+    let mut owed = Default::default();
+    for (i, rc) in config.repositories().iter().enumerate() {
+        match PgRepo::open_repo(&config, rc) {
+            Ok(repo) if i == 0 => match repo.wal().owed() {
+                Ok(o) => owed = o,
+                Err(e) => problems.push(format!("repository {}: {}", rc.name, report(&e))),
+            },
+            Ok(_) => {}
+            Err(e) => problems.push(format!("repository {} does not answer: {}", rc.name, report(&e))),
+        }
+    }
+    for (name, n) in owed {
+        problems.push(format!("{n} WAL file(s) are owed to best-effort repository {name} (archived while it was unreachable); they are copied there by the next archive_command that reaches it, or by wal-archiver catch-up"));
+    }
+    problems
+}
+
 /// The health job until the monitoring work brings its full set of checks: archiving works,
-/// and the newest full backup is younger than its schedule allows.
+/// the newest full backup is younger than its schedule allows, every repository answers and
+/// none is owed WAL.
 pub fn health() -> (RunStatus, String) {
     let checked = transaction(|| {
         let archive_mode = Spi::get_one::<String>("SELECT current_setting('archive_mode')")?.unwrap_or_default();
@@ -177,6 +277,7 @@ pub fn health() -> (RunStatus, String) {
         }
         (Some(_), None) => {}
     }
+    problems.extend(repository_problems());
     if problems.is_empty() {
         let newest = full.map(|(id, at)| format!("; newest full backup {id} at {at}")).unwrap_or_default();
         (RunStatus::Succeeded, format!("ok: archiving works{newest}"))

@@ -21,7 +21,11 @@ pub fn archiving_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Clus
 /// archiver's configuration file (`backup.config_file`), `extra` settings on top, and the
 /// extension created.
 pub fn extension_cluster(label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
-    let archiver = Archiver::new(label);
+    extension_cluster_for(Archiver::new(label), label, extra)
+}
+
+/// [`extension_cluster`] with a given archiver configuration (several repositories, say).
+pub fn extension_cluster_for(archiver: Archiver, label: &str, extra: &[(&str, &str)]) -> (Archiver, Cluster) {
     let cluster = Cluster::initdb(label);
     archiver.init(&cluster.pgdata).assert_ok(&format!("{label}: init repository"));
     cluster.enable_archiving(&archiver);
@@ -76,8 +80,8 @@ pub fn cli_list_ids(archiver: &Archiver, step: &str) -> Vec<String> {
 pub fn require_sql_api(c: &Cluster) {
     // (signature, what pg_get_function_result must say, or contain for list())
     let functions: &[(&str, &[&str])] = &[
-        ("backup.start_full(boolean)", &["text"]),
-        ("backup.start_incremental(boolean)", &["text"]),
+        ("backup.start_full(boolean,text)", &["text"]),
+        ("backup.start_incremental(boolean,text)", &["text"]),
         (
             "backup.list()",
             &[
@@ -97,12 +101,14 @@ pub fn require_sql_api(c: &Cluster) {
                 "parent text",
                 "chain_depth integer",
                 "changed_blocks bigint",
+                "repos text[]",
             ],
         ),
         ("backup.get(text)", &["jsonb"]),
-        ("backup.verify(text)", &["jsonb"]),
+        ("backup.verify(text,text)", &["jsonb"]),
         ("backup.find(timestamptz)", &["text"]),
-        ("backup.delete(text,boolean)", &["void"]),
+        ("backup.delete(text,boolean,text)", &["void"]),
+        ("backup.copy(text,text,text)", &["jsonb"]),
         ("backup.resync()", &["integer"]),
         ("backup.create_restore_point(text)", &["pg_lsn"]),
     ];

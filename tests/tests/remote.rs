@@ -118,8 +118,8 @@ fn local_primary_and_s3_repository_through_an_outage_and_a_disaster() {
 }
 
 /// The SQL side over two local repositories: backups into either, a copy, the catalog's view
-/// of which repository holds what, per-repository cleanup and delete, bad names refused, and a
-/// restore from the second repository.
+/// of which repository holds what, per-repository cleanup and delete, bad names refused, the
+/// scheduler's copy job run by itself, and a restore from the second repository.
 #[test]
 fn sql_functions_over_two_repositories() {
     let base = Archiver::new("sqlmulti");
@@ -173,12 +173,29 @@ fn sql_functions_over_two_repositories() {
     let holders = c.psql("SELECT string_agg(id || '=' || repos::text, ' ' ORDER BY id) FROM backup.list()");
     assert_eq!(holders, format!("{id1}={{local}} {id2}={{second}}"), "step 6: after resync");
 
-    // Step 7: a restore from the second repository, WAL from there too.
+    // Step 7: the scheduler runs the copy job by itself: what the second repository lacks
+    // (id1, deleted from it in step 6) goes there, and the catalog says so.
+    c.psql("SELECT backup.unschedule(name) FROM backup.schedules WHERE name <> 'offsite'");
+    c.psql("SELECT backup.schedule('offsite', '5 seconds', kind => 'copy', options => '{\"to\": \"second\"}')");
+    c.psql("ALTER SYSTEM SET backup.scheduler = on");
+    c.psql("SELECT pg_reload_conf()");
+    let mut run = String::new();
+    wait_until("step 7: a scheduled copy run", Duration::from_secs(90), || {
+        run = c.psql("SELECT coalesce(string_agg(status || ': ' || coalesce(message, ''), ' | ' ORDER BY id), '') FROM backup.job_runs WHERE job = 'offsite' AND status <> 'running'");
+        !run.is_empty()
+    });
+    assert!(run.starts_with("succeeded: copied 1 backup(s) to second") && run.contains(&id1), "step 7: the first run copies {id1}: {run}");
+    assert!(second_dir.join(format!("backup/{id1}/manifest")).exists(), "step 7: the scheduled copy is not in the second repository");
+    assert_eq!(c.psql(&format!("SELECT repos FROM backup.list() WHERE id = '{id1}'")), "{local,second}", "step 7");
+    c.psql("ALTER SYSTEM SET backup.scheduler = off");
+    c.psql("SELECT pg_reload_conf()");
+
+    // Step 8: a restore from the second repository, WAL from there too.
     let r = Cluster::unpopulated("sqlmulti-restored");
     restore_into(&archiver, &r.pgdata, &["--repo", "second", "--backup-id", &id2, "--target", "immediate", "--archive-mode", "off"])
-        .assert_ok("step 7: restore from the second repository");
+        .assert_ok("step 8: restore from the second repository");
     start_restored(&r);
-    assert_eq!(r.psql("SELECT count(*) FROM marks"), "2000", "step 7: restored {id2}");
+    assert_eq!(r.psql("SELECT count(*) FROM marks"), "2000", "step 8: restored {id2}");
 }
 
 /// The S3 endpoint misbehaving under the storage layer, through the relay: it dies in the

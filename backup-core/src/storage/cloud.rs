@@ -41,15 +41,15 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes};
-use futures_util::stream::{BoxStream, StreamExt};
+use bytes::Bytes;
+use futures_util::stream::StreamExt;
 use hyper::body::{Body, Frame, SizeHint};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody, HttpResponse, HttpResponseBody, HttpService,
@@ -62,6 +62,7 @@ use super::https::{self, check_endpoint, HttpTimeouts, SendFailure};
 use super::runtime::{block_on, runtime, wait};
 use super::s3::{normalize_prefix, Secret};
 use super::parts::PartBuffer;
+use super::remote_io::{BodyError, BodyReader, PageSource, Pages};
 use super::{
     validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode, PutOutcome,
     Storage, StorageError, StorageErrorKind,
@@ -600,7 +601,11 @@ impl Storage for CloudStorage {
             result = get(wanted.clone())?;
         }
         match result {
-            Ok(got) => Ok(Box::new(CloudReader { ctx: ctx.clone(), key: key.to_string(), body: Some(got.into_stream()), chunk: Bytes::new(), idle: self.common.timeouts.read_idle, done: false })),
+            Ok(got) => {
+                let body = got.into_stream().map(|chunk| chunk.map_err(|e| Box::new(e) as BodyError)).boxed();
+                // A second over the HTTP layer's own bound: object_store may resume a broken body.
+                Ok(Box::new(BodyReader::new(ctx, key, body, self.common.timeouts.read_idle + Duration::from_secs(1))))
+            }
             Err(e @ object_store::Error::NotFound { .. }) => Err(self.fail("reading", key, e)),
             // A range starting at or past the end: no bytes, as from a file.
             Err(e) if start > 0 => match self.head(ctx, key)? {
@@ -625,10 +630,8 @@ impl Storage for CloudStorage {
     fn list(&self, ctx: &Ctx, prefix: &str) -> Result<ObjectStream<'_>, StorageError> {
         let full = self.full_prefix(prefix)?;
         ctx.check("listing", prefix)?;
-        let mut pages = ListPages { store: self, ctx: ctx.clone(), prefix: prefix.to_string(), full, token: None, page: Vec::new().into_iter(), finished: false };
-        // The first page now: a missing bucket or a refusal surfaces here, not mid-iteration.
-        pages.fetch()?;
-        Ok(Box::new(pages))
+        let pages = ListPages { store: self, ctx: ctx.clone(), prefix: prefix.to_string(), full, token: None, exhausted: false };
+        Ok(Box::new(Pages::start(pages)?))
     }
 
     fn list_with_delimiter(&self, ctx: &Ctx, prefix: &str) -> Result<Listing, StorageError> {
@@ -673,19 +676,21 @@ impl Storage for CloudStorage {
     }
 }
 
-/// Paginated listing by string prefix, one page in memory at a time.
+/// Paginated listing by string prefix.
 struct ListPages<'a> {
     store: &'a CloudStorage,
     ctx: Ctx,
     prefix: String,
     full: String,
     token: Option<String>,
-    page: std::vec::IntoIter<ObjectMeta>,
-    finished: bool,
+    exhausted: bool,
 }
 
-impl ListPages<'_> {
-    fn fetch(&mut self) -> Result<(), StorageError> {
+impl PageSource for ListPages<'_> {
+    fn next_page(&mut self) -> Result<Option<Vec<ObjectMeta>>, StorageError> {
+        if self.exhausted {
+            return Ok(None);
+        }
         let s = self.store;
         let (store, full) = (s.store.clone(), self.full.clone());
         let options = PaginatedListOptions { page_token: self.token.take(), ..Default::default() };
@@ -695,79 +700,9 @@ impl ListPages<'_> {
         // Both stores list in key order; a page is sorted all the same (cheap, and the promise
         // of the trait).
         objects.sort_by(|a, b| a.key.cmp(&b.key));
-        self.page = objects.into_iter();
         self.token = page.page_token;
-        self.finished = self.token.is_none();
-        Ok(())
-    }
-}
-
-impl Iterator for ListPages<'_> {
-    type Item = Result<ObjectMeta, StorageError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(m) = self.page.next() {
-                return Some(Ok(m));
-            }
-            if self.finished {
-                return None;
-            }
-            if let Err(e) = self.fetch() {
-                self.finished = true;
-                return Some(Err(e));
-            }
-        }
-    }
-}
-
-type ByteStream = BoxStream<'static, object_store::Result<Bytes>>;
-
-/// A response body read chunk by chunk, each wait bounded and watching the `Ctx`.
-struct CloudReader {
-    ctx: Ctx,
-    key: String,
-    /// `None` once a read was abandoned half-way (cancelled, timed out).
-    body: Option<ByteStream>,
-    chunk: Bytes,
-    idle: Duration,
-    done: bool,
-}
-
-impl Read for CloudReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.ctx.check_io("reading", &self.key)?;
-        while self.chunk.is_empty() {
-            if self.done || buf.is_empty() {
-                return Ok(0);
-            }
-            let idle = self.idle;
-            let Some(mut body) = self.body.take() else {
-                return Err(io::Error::other(failure(StorageErrorKind::Other, "reading", &self.key, "body abandoned by an earlier failure".into())));
-            };
-            let fetch = async move {
-                // The HTTP layer bounds silence too; this also covers object_store's resuming
-                // of a broken body.
-                let next = tokio::time::timeout(idle + Duration::from_secs(1), body.next()).await;
-                (body, next)
-            };
-            let (body, next) = block_on(&self.ctx, "reading", &self.key, fetch).map_err(io::Error::other)?;
-            self.body = Some(body);
-            let key = &self.key;
-            match next {
-                Err(_) => {
-                    let e = failure(StorageErrorKind::Timeout, "reading", key, format!("no data for {idle:?} while reading the body"));
-                    return Err(io::Error::other(e));
-                }
-                Ok(Some(Err(e))) => return Err(io::Error::other(StorageError::new(StorageErrorKind::Transient, "reading", key).with_source(e))),
-                Ok(None) => self.done = true,
-                Ok(Some(Ok(bytes))) => self.chunk = bytes,
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
-        Ok(n)
+        self.exhausted = self.token.is_none();
+        Ok(Some(objects))
     }
 }
 

@@ -36,6 +36,7 @@ mod error;
 mod https;
 mod local;
 mod parts;
+mod remote_io;
 mod runtime;
 pub mod s3;
 pub mod unreliable;

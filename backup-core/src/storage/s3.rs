@@ -44,7 +44,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -62,11 +62,12 @@ use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::body::SdkBody;
-use bytes::{Buf, Bytes};
+use futures_util::stream::StreamExt;
 
 use super::https::{self, check_endpoint, root_cause, walk_chain, SendFailure, TlsRefused};
 use super::runtime::{block_on, runtime, wait};
 use super::parts::PartBuffer;
+use super::remote_io::{BodyError, BodyReader, BodyStream, PageSource, Pages};
 use super::{
     validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode,
     PutOutcome, Storage, StorageError, StorageErrorKind,
@@ -594,14 +595,7 @@ impl Storage for S3Storage {
         };
         let request = self.client.get_object().bucket(&self.location.bucket).key(&full).set_range(header);
         match block_on(ctx, "reading", key, request.send())? {
-            Ok(out) => Ok(Box::new(S3Reader {
-                ctx: ctx.clone(),
-                key: key.to_string(),
-                body: Some(out.body),
-                chunk: Bytes::new(),
-                idle: self.location.timeouts.read_idle,
-                done: false,
-            })),
+            Ok(out) => Ok(Box::new(BodyReader::new(ctx, key, body_stream(out.body), self.location.timeouts.read_idle))),
             // A range starting at or past the end: no bytes, as from a file.
             Err(e) if matches!(service_code(&e), (Some("InvalidRange"), _) | (_, Some(416))) => Ok(Box::new(io::empty())),
             Err(e) => Err(self.fail("reading", key, e)),
@@ -622,18 +616,8 @@ impl Storage for S3Storage {
     fn list(&self, ctx: &Ctx, prefix: &str) -> Result<ObjectStream<'_>, StorageError> {
         let full = self.full_prefix(prefix)?;
         ctx.check("listing", prefix)?;
-        let mut pages = ListPages {
-            store: self,
-            ctx: ctx.clone(),
-            prefix: prefix.to_string(),
-            full,
-            token: None,
-            page: Vec::new().into_iter(),
-            finished: false,
-        };
-        // The first page now: a missing bucket or a refusal surfaces here, not mid-iteration.
-        pages.fetch()?;
-        Ok(Box::new(pages))
+        let pages = ListPages { store: self, ctx: ctx.clone(), prefix: prefix.to_string(), full, token: None, exhausted: false };
+        Ok(Box::new(Pages::start(pages)?))
     }
 
     fn list_with_delimiter(&self, ctx: &Ctx, prefix: &str) -> Result<Listing, StorageError> {
@@ -717,97 +701,41 @@ impl Storage for S3Storage {
     }
 }
 
-/// `ListObjectsV2`, one page in memory at a time.
+/// `ListObjectsV2`, page by page.
 struct ListPages<'a> {
     store: &'a S3Storage,
     ctx: Ctx,
     prefix: String,
     full: String,
     token: Option<String>,
-    page: std::vec::IntoIter<ObjectMeta>,
-    finished: bool,
+    exhausted: bool,
 }
 
-impl ListPages<'_> {
-    fn fetch(&mut self) -> Result<(), StorageError> {
+impl PageSource for ListPages<'_> {
+    fn next_page(&mut self) -> Result<Option<Vec<ObjectMeta>>, StorageError> {
+        if self.exhausted {
+            return Ok(None);
+        }
         let s = self.store;
         let request = s.client.list_objects_v2().bucket(&s.location.bucket).prefix(&self.full).set_continuation_token(self.token.take());
         let out = block_on(&self.ctx, "listing", &self.prefix, request.send())?.map_err(|e| s.fail("listing", &self.prefix, e))?;
-        self.page = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().and_then(|k| s.meta(k, o.size(), o.last_modified())))
-            .collect::<Vec<_>>()
-            .into_iter();
+        let page = out.contents().iter().filter_map(|o| o.key().and_then(|k| s.meta(k, o.size(), o.last_modified()))).collect();
         self.token = out.next_continuation_token().map(str::to_string);
-        self.finished = !out.is_truncated().unwrap_or(false) || self.token.is_none();
-        Ok(())
+        self.exhausted = !out.is_truncated().unwrap_or(false) || self.token.is_none();
+        Ok(Some(page))
     }
 }
 
-impl Iterator for ListPages<'_> {
-    type Item = Result<ObjectMeta, StorageError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(m) = self.page.next() {
-                return Some(Ok(m));
-            }
-            if self.finished {
-                return None;
-            }
-            if let Err(e) = self.fetch() {
-                self.finished = true;
-                return Some(Err(e));
-            }
+/// The SDK's body as the chunk stream [`BodyReader`] reads.
+fn body_stream(body: ByteStream) -> BodyStream {
+    futures_util::stream::unfold(body, |mut body| async move {
+        match body.try_next().await {
+            Ok(Some(chunk)) => Some((Ok(chunk), body)),
+            Ok(None) => None,
+            Err(e) => Some((Err(Box::new(e) as BodyError), body)),
         }
-    }
-}
-
-/// A response body read chunk by chunk, each wait bounded and watching the `Ctx`.
-struct S3Reader {
-    ctx: Ctx,
-    key: String,
-    /// `None` once a read was abandoned half-way (cancelled, timed out).
-    body: Option<ByteStream>,
-    chunk: Bytes,
-    idle: Duration,
-    done: bool,
-}
-
-impl Read for S3Reader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.ctx.check_io("reading", &self.key)?;
-        while self.chunk.is_empty() {
-            if self.done || buf.is_empty() {
-                return Ok(0);
-            }
-            let idle = self.idle;
-            let Some(mut body) = self.body.take() else {
-                return Err(io::Error::other(failure(StorageErrorKind::Other, "reading", &self.key, "body abandoned by an earlier failure".into())));
-            };
-            let fetch = async move {
-                let next = tokio::time::timeout(idle, body.try_next()).await;
-                (body, next)
-            };
-            let (body, next) = block_on(&self.ctx, "reading", &self.key, fetch).map_err(io::Error::other)?;
-            self.body = Some(body);
-            let key = &self.key;
-            match next {
-                Err(_) => {
-                    let e = failure(StorageErrorKind::Timeout, "reading", key, format!("no data for {idle:?} while reading the body"));
-                    return Err(io::Error::other(e));
-                }
-                Ok(Err(e)) => return Err(io::Error::other(StorageError::new(StorageErrorKind::Transient, "reading", key).with_source(e))),
-                Ok(Ok(None)) => self.done = true,
-                Ok(Ok(Some(bytes))) => self.chunk = bytes,
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
-        Ok(n)
-    }
+    })
+    .boxed()
 }
 
 type PartResult = Result<CompletedPart, StorageError>;

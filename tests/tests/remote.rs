@@ -210,12 +210,23 @@ fn s3_endpoint_killed_mid_upload_and_throttling() {
     let through = S3Storage::open(&S3Server::location(relay.port, "pgb-faults", "f")).unwrap();
     let direct = S3Storage::open(&S3Server::location(moto.port, "pgb-faults", "f")).unwrap();
     let ctx = || Ctx::background().with_timeout(Duration::from_secs(120));
-    // 20 MiB: three parts of a multipart upload.
+    // 20 MiB, streamed: three parts of a multipart upload (an in-memory put of that size is
+    // one request).
     let data: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(7) % 251) as u8).collect();
+    let streamed = |data: &[u8]| -> Result<PutOutcome, backup_core::storage::StorageError> {
+        use std::io::Write;
+        let mut w = through.writer(&ctx(), "big", PutMode::IfAbsent)?;
+        for piece in data.chunks(1 << 20) {
+            if let Err(e) = w.write_all(piece) {
+                return Err(backup_core::storage::StorageError::from_stream("writing", "big", e));
+            }
+        }
+        w.commit()
+    };
 
     // Step 1: the endpoint dies after 12 MiB went up.
     relay.cut_after(12 << 20);
-    let failed = through.put(&ctx(), "big", &data, PutMode::IfAbsent);
+    let failed = streamed(&data);
     assert!(failed.is_err(), "step 1: an upload through a dead endpoint succeeded");
     assert!(!relay.is_up(), "step 1: the relay was never cut (the upload sent under 12 MiB?)");
     assert!(direct.head(&ctx(), "big").unwrap().is_none(), "step 1: a partial object became visible");
@@ -225,7 +236,7 @@ fn s3_endpoint_killed_mid_upload_and_throttling() {
 
     // Step 2: the endpoint is back; the same upload succeeds and reads back whole.
     relay.restore();
-    assert_eq!(through.put(&ctx(), "big", &data, PutMode::IfAbsent).unwrap(), PutOutcome::Created, "step 2");
+    assert_eq!(streamed(&data).unwrap(), PutOutcome::Created, "step 2");
     assert!(direct.get_bytes(&ctx(), "big").unwrap() == data, "step 2: the object read back differs");
 
     // Step 3: throttling. Fresh connections (the pool's are closed by a cut), two of them

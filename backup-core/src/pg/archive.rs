@@ -66,33 +66,11 @@ impl<'r> WalArchive<'r> {
         WalArchive { repo }
     }
 
-    /// `archive_command`: store the WAL file at `path` durably, once.
+    /// `archive_command`: store the WAL file at `path` durably, once. The file is read and
+    /// encoded in memory (a segment is 16 MB) and stored in one conditional write: against an
+    /// object store one request, where streaming it would be a multipart upload.
     pub fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
-        let (name, file) = self.open_checked(path)?;
-        let key = name.object_key();
-        let objects = self.repo.objects();
-        if objects.storage().exists(&objects.ctx(), &key).map_err(RepoError::from)? {
-            return self.compare_with_archived(&name, path);
-        }
-        // The block summary is made on a second thread while the segment uploads (decoding
-        // record headers is CPU only; the upload also waits on the store), and stored after it.
-        // A backup that finds the segment archived before its summary reads the segment from
-        // pg_wal, where the server keeps it at least until its next checkpoint.
-        let summarize = |_: usize| self.make_summary(&name, path);
-        let (stored, summary) = std::thread::scope(|scope| {
-            let summarizer = crate::threads::spawn_blocking_signals(scope, 1, &summarize).pop().expect("one thread");
-            let mut reader = BufReader::with_capacity(1 << 20, file);
-            let stored = objects.put_object(&key, &mut reader, PutMode::IfAbsent);
-            (stored, summarizer.join().expect("summarizer panicked"))
-        });
-        match stored? {
-            Some(s) => {
-                self.store_summary(&name, summary);
-                Ok(PushOutcome::Archived { plaintext_size: s.trailer.plaintext_size, stored_size: s.stored_size })
-            }
-            // Someone stored it between our check and our write: judge their copy like any other.
-            None => self.compare_with_archived(&name, path),
-        }
+        self.push_prepared(&self.prepare(path)?)
     }
 
     /// The WAL file at `path`, its name checked and, for a segment, its first page (this
@@ -122,17 +100,26 @@ impl<'r> WalArchive<'r> {
             let mut out = Vec::with_capacity(bytes.len() / 2);
             crate::codec::encode(&mut bytes, &mut out, key, objects.encode_params()).map(|s| (out, s)).map_err(|e| PgRepoError::codec(key, e))
         };
-        let summary = match name {
-            WalFileName::Segment(pos) => match self.summarize(pos, &plain, None) {
-                Ok(s) => Some(encode(&summary_key(&name), &s.to_bytes())?.0),
-                Err(e) => {
-                    eprintln!("wal-archiver: WARNING: no block summary for {name} ({e}); the next incremental backup reads the files it covers");
-                    None
-                }
-            },
+        // The block summary is made on a second thread while the segment is encoded (both CPU
+        // only; a segment's records decode in about the time it compresses).
+        let summarize = |_: usize| match &name {
+            WalFileName::Segment(pos) => Some(self.summarize(*pos, &plain, None)),
             _ => None,
         };
-        let (encoded, summary_of) = encode(&key, &plain)?;
+        let (encoded, summary) = std::thread::scope(|scope| {
+            let summarizer = crate::threads::spawn_blocking_signals(scope, 1, &summarize).pop().expect("one thread");
+            let encoded = encode(&key, &plain);
+            (encoded, summarizer.join().expect("summarizer panicked"))
+        });
+        let (encoded, summary_of) = encoded?;
+        let summary = match summary {
+            Some(Ok(s)) => Some(encode(&summary_key(&name), &s.to_bytes())?.0),
+            Some(Err(e)) => {
+                eprintln!("wal-archiver: WARNING: no block summary for {name} ({e}); the next incremental backup reads the files it covers");
+                None
+            }
+            None => None,
+        };
         Ok(Prepared { name, encoded, trailer: summary_of.trailer, summary })
     }
 
@@ -142,15 +129,11 @@ impl<'r> WalArchive<'r> {
         let key = p.name.object_key();
         let objects = self.repo.objects();
         let (storage, ctx) = (objects.storage(), objects.ctx());
-        let outcome = if storage.exists(&ctx, &key).map_err(RepoError::from)? {
-            PushOutcome::AlreadyArchived
-        } else {
-            match storage.put(&ctx, &key, &p.encoded, PutMode::IfAbsent).map_err(RepoError::from)? {
-                crate::storage::PutOutcome::Created => {
-                    PushOutcome::Archived { plaintext_size: p.trailer.plaintext_size, stored_size: p.encoded.len() as u64 }
-                }
-                crate::storage::PutOutcome::AlreadyExists => PushOutcome::AlreadyArchived,
-            }
+        // No look first: the conditional write says whether it was there (an archived file
+        // is pushed again only after a crash, so the upload that finds it is rare).
+        let outcome = match storage.put(&ctx, &key, &p.encoded, PutMode::IfAbsent).map_err(RepoError::from)? {
+            crate::storage::PutOutcome::Created => PushOutcome::Archived { plaintext_size: p.trailer.plaintext_size, stored_size: p.encoded.len() as u64 },
+            crate::storage::PutOutcome::AlreadyExists => PushOutcome::AlreadyArchived,
         };
         if let PushOutcome::AlreadyArchived = outcome {
             let archived = objects.object_trailer(&key)?;
@@ -178,33 +161,6 @@ impl<'r> WalArchive<'r> {
             }
         }
         Ok(outcome)
-    }
-
-    /// The block-reference summary of a segment about to be archived, for incremental backups.
-    /// `None` for files that are not segments.
-    fn make_summary(&self, name: &WalFileName, path: &Path) -> Option<Result<SegmentSummary, String>> {
-        let WalFileName::Segment(pos) = name else { return None };
-        // The file was just checked: this comes from the page cache.
-        Some(self.summarize_file(*pos, path, None).and_then(|s| s.ok_or_else(|| format!("{} vanished", path.display()))))
-    }
-
-    /// Store a segment's summary. Never fails the push: archiving is what matters, and a
-    /// missing summary only makes the next incremental backup read the files it cannot vouch
-    /// for (it says so in its report).
-    fn store_summary(&self, name: &WalFileName, summary: Option<Result<SegmentSummary, String>>) {
-        let stored = match summary {
-            None => return,
-            Some(Ok(summary)) => self
-                .repo
-                .objects()
-                .put_object(&summary_key(name), &mut &summary.to_bytes()[..], PutMode::Overwrite)
-                .map(|_| ())
-                .map_err(|e| crate::error::report(&e)),
-            Some(Err(e)) => Err(e),
-        };
-        if let Err(e) = stored {
-            eprintln!("wal-archiver: WARNING: {name} archived, but its block summary could not be stored ({e}); the next incremental backup reads the files it covers");
-        }
     }
 
     fn summarize(&self, pos: SegmentPos, bytes: &[u8], stop_at: Option<Lsn>) -> Result<SegmentSummary, SummaryError> {
@@ -297,27 +253,6 @@ impl<'r> WalArchive<'r> {
         use std::io::Seek;
         file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
         Ok(())
-    }
-
-    fn compare_with_archived(&self, name: &WalFileName, path: &Path) -> Result<PushOutcome, PushError> {
-        let archived = self.repo.objects().object_trailer(&name.object_key())?;
-        let mut file = File::open(path).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
-        let (local, size) = crate::codec::sha256_of(&mut file).map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
-        if local == archived.sha256 && size == archived.plaintext_size {
-            // A push that died between the segment and its summary is completed here.
-            let objects = self.repo.objects();
-            if name.carries_wal_pages() && !objects.storage().exists(&objects.ctx(), &summary_key(name)).unwrap_or(true) {
-                self.store_summary(name, self.make_summary(name, path));
-            }
-            Ok(PushOutcome::AlreadyArchived)
-        } else {
-            Err(PushError::Conflict {
-                name: name.to_string(),
-                archived: archived.sha256.to_string(),
-                local: local.to_string(),
-                location: self.repo.location(),
-            })
-        }
     }
 
     /// `restore_command`: write WAL file `name` to `dest`, atomically: the bytes go to a

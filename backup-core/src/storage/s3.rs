@@ -74,6 +74,9 @@ use super::{
 };
 
 /// S3's smallest part (all but the last); also our default is a few of them.
+/// The largest in-memory object [`Storage::put`] sends as one PutObject.
+const SINGLE_PUT_MAX: usize = 64 << 20;
+
 pub const MIN_PART_SIZE: usize = 5 << 20;
 pub const DEFAULT_PART_SIZE: usize = 8 << 20;
 /// Attempts per request, the first included: enough to ride out a few seconds of throttling
@@ -256,6 +259,23 @@ fn failure(kind: StorageErrorKind, op: &'static str, key: &str, message: String)
 }
 
 impl S3Storage {
+    /// One PutObject of `body` at `full` (the key with the prefix), conditional for
+    /// [`PutMode::IfAbsent`], locked when the repository asks for Object Lock.
+    fn put_object(&self, ctx: &Ctx, key: &str, full: &str, body: Vec<u8>, mode: PutMode) -> Result<PutOutcome, StorageError> {
+        let mut request = self.client.put_object().bucket(&self.location.bucket).key(full).body(ByteStream::from(body));
+        if let Some(lock) = self.location.object_lock {
+            request = request.object_lock_mode(lock.mode()).object_lock_retain_until_date(lock.until());
+        }
+        if mode == PutMode::IfAbsent {
+            request = request.if_none_match("*");
+        }
+        match block_on(ctx, "committing", key, request.send())? {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if mode == PutMode::IfAbsent && is_precondition(&e) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(self.fail("committing", key, e)),
+        }
+    }
+
     /// Build the client: TLS settings, credentials, timeouts. Sends no request.
     pub fn open(location: &S3Location) -> Result<S3Storage, StorageError> {
         let url = location.url();
@@ -561,6 +581,20 @@ impl Storage for S3Storage {
         self.location.url()
     }
 
+    /// Data already in memory goes up in one request (a WAL segment, 16 MB, would otherwise
+    /// be a multipart upload: four requests and more); only what is larger than that streams
+    /// through the writer's parts.
+    fn put(&self, ctx: &Ctx, key: &str, data: &[u8], mode: PutMode) -> Result<PutOutcome, StorageError> {
+        if data.len() > SINGLE_PUT_MAX {
+            let mut w = self.writer(ctx, key, mode)?;
+            w.write_all(data).map_err(|e| StorageError::from_stream("writing", key, e))?;
+            return w.commit();
+        }
+        let full = self.full_key(key)?;
+        ctx.check("writing", key)?;
+        self.put_object(ctx, key, &full, data.to_vec(), mode)
+    }
+
     fn writer(&self, ctx: &Ctx, key: &str, mode: PutMode) -> Result<Box<dyn ObjectWriter + '_>, StorageError> {
         let full = self.full_key(key)?;
         ctx.check("writing", key)?;
@@ -808,20 +842,7 @@ impl S3Writer<'_> {
     }
 
     fn put_whole(&mut self) -> Result<PutOutcome, StorageError> {
-        let s = self.store;
-        let body = self.buf.take_rest();
-        let mut request = s.client.put_object().bucket(&s.location.bucket).key(&self.full).body(ByteStream::from(body));
-        if let Some(lock) = s.location.object_lock {
-            request = request.object_lock_mode(lock.mode()).object_lock_retain_until_date(lock.until());
-        }
-        if self.mode == PutMode::IfAbsent {
-            request = request.if_none_match("*");
-        }
-        match block_on(&self.ctx, "committing", &self.key, request.send())? {
-            Ok(_) => Ok(PutOutcome::Created),
-            Err(e) if self.mode == PutMode::IfAbsent && is_precondition(&e) => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(s.fail("committing", &self.key, e)),
-        }
+        self.store.put_object(&self.ctx, &self.key, &self.full, self.buf.take_rest(), self.mode)
     }
 
     fn complete(&mut self) -> Result<PutOutcome, StorageError> {

@@ -26,7 +26,7 @@ use backup_core::storage::{
     self, conformance, AzureCredentials, AzureLocation, ByteRange, CloudStorage, Ctx, GcsCredentials, GcsLocation, HttpTimeouts, Location,
     PutMode, PutOutcome, Secret, Storage, StorageError, StorageErrorKind,
 };
-use support::{chain, find_binary, free_port, silent_endpoint, Server};
+use support::{chain, find_binary, free_port, multipart_round_trip_stays_conditional, silent_endpoint, Server};
 
 const ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's published development key (not a secret; the tests check it never shows anyway).
@@ -119,27 +119,8 @@ fn azure_conformance_against_azurite() {
 fn azure_multipart_objects_round_trip_and_stay_conditional() {
     let azurite = Server::azurite();
     let store = azure_store(&azurite, "multipart");
+    multipart_round_trip_stays_conditional(&store, MIN_PART_SIZE);
     let ctx = Ctx::background();
-    // 2.5 parts, written in odd-sized pieces.
-    let data: Vec<u8> = (0..(MIN_PART_SIZE * 5 / 2) as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
-    for piece in data.chunks(99_991) {
-        w.write_all(piece).unwrap();
-    }
-    assert_eq!(w.commit().unwrap(), PutOutcome::Created);
-    assert_eq!(store.head(&ctx, "base/big.bundle").unwrap().unwrap().size, data.len() as u64);
-    assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "multipart object differs after a round trip");
-    let edge = MIN_PART_SIZE as u64;
-    let across = store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Bounded(edge - 10..edge + 10)).unwrap();
-    assert_eq!(across, &data[edge as usize - 10..edge as usize + 10], "range across a part boundary");
-    assert_eq!(store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Suffix(5)).unwrap(), &data[data.len() - 5..]);
-
-    // Create-if-absent on an existing key: a large and a small attempt both change nothing.
-    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
-    w.write_all(&vec![0u8; MIN_PART_SIZE + 1]).unwrap();
-    assert_eq!(w.commit().unwrap(), PutOutcome::AlreadyExists, "multipart IfAbsent over an existing object");
-    assert_eq!(store.put(&ctx, "base/big.bundle", b"small", PutMode::IfAbsent).unwrap(), PutOutcome::AlreadyExists);
-    assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "a conditional write replaced the object");
 
     // A dropped multipart writer leaves nothing visible; the name stays free.
     let mut w = store.writer(&ctx, "wal/dropped", PutMode::IfAbsent).unwrap();

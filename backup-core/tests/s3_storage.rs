@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use backup_core::storage::s3::MIN_PART_SIZE;
 use backup_core::storage::{
-    self, conformance, ByteRange, Ctx, Location, PutMode, PutOutcome, S3Credentials, S3Location, S3Storage, S3Timeouts, Secret,
+    self, conformance, Ctx, Location, PutMode, PutOutcome, S3Credentials, S3Location, S3Storage, S3Timeouts, Secret,
     Storage, StorageError, StorageErrorKind,
 };
-use support::{chain, find_binary, free_port, silent_endpoint, Server};
+use support::{chain, find_binary, free_port, multipart_round_trip_stays_conditional, silent_endpoint, Server};
 
 const ACCESS_KEY: &str = "AKIDPGBACKUPTEST";
 const SECRET: &str = "s3cr3t-Wj4lrXUtnFEMI-K7MDENG-must-never-be-printed";
@@ -73,28 +73,8 @@ fn conformance_against_moto() {
 fn multipart_objects_round_trip_and_stay_conditional() {
     let moto = moto(None);
     let store = fresh_store(&format!("http://127.0.0.1:{}", moto.port), "multipart");
+    multipart_round_trip_stays_conditional(&store, MIN_PART_SIZE);
     let ctx = Ctx::background();
-    // 2.5 parts, written in odd-sized pieces.
-    let data: Vec<u8> = (0..(MIN_PART_SIZE * 5 / 2) as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
-    for piece in data.chunks(99_991) {
-        w.write_all(piece).unwrap();
-    }
-    assert_eq!(w.commit().unwrap(), PutOutcome::Created);
-    assert_eq!(store.head(&ctx, "base/big.bundle").unwrap().unwrap().size, data.len() as u64);
-    let back = store.get_bytes(&ctx, "base/big.bundle").unwrap();
-    assert!(back == data, "multipart object differs after a round trip");
-    let edge = MIN_PART_SIZE as u64;
-    let across = store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Bounded(edge - 10..edge + 10)).unwrap();
-    assert_eq!(across, &data[edge as usize - 10..edge as usize + 10], "range across a part boundary");
-    assert_eq!(store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Suffix(5)).unwrap(), &data[data.len() - 5..]);
-
-    // Create-if-absent on an existing key: a large and a small attempt both change nothing.
-    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
-    w.write_all(&vec![0u8; MIN_PART_SIZE + 1]).unwrap();
-    assert_eq!(w.commit().unwrap(), PutOutcome::AlreadyExists, "multipart IfAbsent over an existing object");
-    assert_eq!(store.put(&ctx, "base/big.bundle", b"small", PutMode::IfAbsent).unwrap(), PutOutcome::AlreadyExists);
-    assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "a conditional write replaced the object");
     assert_eq!(store.abort_stale_uploads(&ctx, "", Duration::ZERO).unwrap(), 0, "the refused upload was left open");
 
     // A writer dropped mid-upload aborts its upload; one whose process died leaves it to

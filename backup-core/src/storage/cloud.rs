@@ -62,7 +62,7 @@ use super::https::{self, check_endpoint, HttpTimeouts, SendFailure};
 use super::runtime::{block_on, runtime, wait};
 use super::s3::{normalize_prefix, Secret};
 use super::parts::PartBuffer;
-use super::remote_io::{BodyError, BodyReader, PageSource, Pages};
+use super::remote_io::{failure, BodyError, BodyReader, PageSource, Pages, RemoteFailure};
 use super::{
     validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode, PutOutcome,
     Storage, StorageError, StorageErrorKind,
@@ -194,29 +194,6 @@ impl fmt::Debug for CloudStorage {
     }
 }
 
-/// What went wrong, in words, with object_store's error as the source.
-#[derive(Debug)]
-struct CloudFailure {
-    message: String,
-    source: Option<super::BoxError>,
-}
-
-impl fmt::Display for CloudFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for CloudFailure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
-    }
-}
-
-fn failure(kind: StorageErrorKind, op: &'static str, key: &str, message: String) -> StorageError {
-    StorageError::new(kind, op, key).with_source(CloudFailure { message, source: None })
-}
-
 fn retry_config(timeouts: &HttpTimeouts) -> RetryConfig {
     RetryConfig {
         backoff: BackoffConfig { init_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(10), base: 2.0 },
@@ -240,7 +217,7 @@ impl CloudStorage {
             GcsCredentials::ServiceAccountFile(path) => {
                 // object_store's own message for an unreadable file does not say which setting.
                 std::fs::metadata(path).map_err(|e| {
-                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(CloudFailure {
+                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(RemoteFailure {
                         message: format!("cannot read service_account_file {}", path.display()),
                         source: Some(Box::new(e)),
                     })
@@ -285,7 +262,7 @@ impl CloudStorage {
             AzureCredentials::AccessKey(key) => Some(key.clone()),
             AzureCredentials::AccessKeyFile(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(CloudFailure {
+                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(RemoteFailure {
                         message: format!("cannot read access_key_file {}", path.display()),
                         source: Some(Box::new(e)),
                     })
@@ -397,7 +374,7 @@ impl CloudStorage {
             Some(h) => format!("{}: {h} [{detail}]", self.url),
             None => format!("{}: {detail}", self.url),
         };
-        StorageError::new(kind, op, key).with_source(CloudFailure { message: self.scrub(message), source: Some(Box::new(err)) })
+        StorageError::new(kind, op, key).with_source(RemoteFailure { message: self.scrub(message), source: Some(Box::new(err)) })
     }
 
     async fn put_async(store: Arc<dyn Backend>, path: ObjectPath, body: Vec<u8>, mode: PutMode) -> object_store::Result<()> {
@@ -429,7 +406,7 @@ fn open_failure(url: &str, err: object_store::Error, secret: Option<&Secret>) ->
         message = message.replace(s.expose(), "<redacted>");
     }
     // The builder's error may quote what it was given; keep only our sentence.
-    StorageError::new(StorageErrorKind::Other, "opening", url).with_source(CloudFailure { message, source: None })
+    StorageError::new(StorageErrorKind::Other, "opening", url).with_source(RemoteFailure { message, source: None })
 }
 
 /// object_store's HTTP connector: our hyper + rustls client, our TLS policy, our timeouts.
@@ -858,7 +835,7 @@ pub fn create_azure_container(location: &AzureLocation, ctx: &Ctx) -> Result<(),
         // 409: it exists already.
         201 | 409 => Ok(()),
         403 => Err(StorageError::new(StorageErrorKind::Unauthenticated, "creating container", &container)
-            .with_source(CloudFailure { message: format!("{}: the access key was refused (HTTP 403)", location.url()), source: None })),
+            .with_source(RemoteFailure { message: format!("{}: the access key was refused (HTTP 403)", location.url()), source: None })),
         other => Err(fail(format!("{}: HTTP {other}", location.url()))),
     }
 }

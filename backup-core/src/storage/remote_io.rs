@@ -1,8 +1,9 @@
-//! Reading and listing as the remote backends share them (S3 through its SDK, GCS and Azure
+//! Errors, reading and listing as the remote backends share them (S3 through its SDK, GCS and Azure
 //! through object_store): both hand over a response body as an async stream of chunks and a
 //! listing as pages; here they become the blocking `Read` and `Iterator` the storage trait
 //! promises, every wait bounded and watching the `Ctx`.
 
+use std::fmt;
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -13,6 +14,31 @@ use super::runtime::block_on;
 use super::{Ctx, ObjectMeta, StorageError, StorageErrorKind};
 
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong, in words (secrets scrubbed), with the client library's error, if any, as
+/// the source.
+#[derive(Debug)]
+pub(crate) struct RemoteFailure {
+    pub(crate) message: String,
+    pub(crate) source: Option<super::BoxError>,
+}
+
+impl fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RemoteFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+/// A failure described in words alone.
+pub(crate) fn failure(kind: StorageErrorKind, op: &'static str, key: &str, message: String) -> StorageError {
+    StorageError::new(kind, op, key).with_source(RemoteFailure { message, source: None })
+}
 
 /// A response body as its chunks arrive.
 pub(crate) type BodyStream = BoxStream<'static, Result<Bytes, BodyError>>;
@@ -37,7 +63,7 @@ impl BodyReader {
     }
 
     fn failure(&self, kind: StorageErrorKind, message: String) -> io::Error {
-        io::Error::other(StorageError::new(kind, "reading", &self.key).with_source(message))
+        io::Error::other(failure(kind, "reading", &self.key, message))
     }
 }
 

@@ -67,7 +67,7 @@ use futures_util::stream::StreamExt;
 use super::https::{self, check_endpoint, root_cause, walk_chain, SendFailure, TlsRefused};
 use super::runtime::{block_on, runtime, wait};
 use super::parts::PartBuffer;
-use super::remote_io::{BodyError, BodyReader, BodyStream, PageSource, Pages};
+use super::remote_io::{failure, BodyError, BodyReader, BodyStream, PageSource, Pages, RemoteFailure};
 use super::{
     validate_key, validate_prefix, ByteRange, Ctx, Listing, ObjectMeta, ObjectReader, ObjectStream, ObjectWriter, PutMode,
     PutOutcome, Storage, StorageError, StorageErrorKind,
@@ -235,29 +235,6 @@ impl fmt::Debug for S3Storage {
     }
 }
 
-/// What went wrong, in words, with the SDK's error as the source.
-#[derive(Debug)]
-struct S3Failure {
-    message: String,
-    source: Option<super::BoxError>,
-}
-
-impl fmt::Display for S3Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for S3Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|e| e as _)
-    }
-}
-
-fn failure(kind: StorageErrorKind, op: &'static str, key: &str, message: String) -> StorageError {
-    StorageError::new(kind, op, key).with_source(S3Failure { message, source: None })
-}
-
 impl S3Storage {
     /// One PutObject of `body` at `full` (the key with the prefix), conditional for
     /// [`PutMode::IfAbsent`], locked when the repository asks for Object Lock.
@@ -294,7 +271,7 @@ impl S3Storage {
             S3Credentials::Static { access_key_id, secret_access_key } => Some((access_key_id.clone(), secret_access_key.clone())),
             S3Credentials::SecretFile { access_key_id, secret_access_key_file } => {
                 let text = std::fs::read_to_string(secret_access_key_file).map_err(|e| {
-                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(S3Failure {
+                    StorageError::new(StorageErrorKind::Permission, "opening", &url).with_source(RemoteFailure {
                         message: format!("cannot read secret_access_key_file {}", secret_access_key_file.display()),
                         source: Some(Box::new(e)),
                     })
@@ -434,7 +411,7 @@ impl S3Storage {
             Some(h) => format!("{}: {h} [{detail}]", self.location.url()),
             None => format!("{}: {detail}", self.location.url()),
         };
-        StorageError::new(kind, op, key).with_source(S3Failure { message: self.scrub(message), source: Some(Box::new(err)) })
+        StorageError::new(kind, op, key).with_source(RemoteFailure { message: self.scrub(message), source: Some(Box::new(err)) })
     }
 }
 

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backup_core::storage::StorageError;
+use std::io::Write;
+
+use backup_core::storage::{ByteRange, Ctx, PutMode, PutOutcome, Storage, StorageError};
 
 /// An emulator's binary: `$var` when set, else the first of `candidates` that exists, else
 /// `name` on `PATH`. Panics saying how to install it.
@@ -97,4 +99,31 @@ pub fn chain(e: &StorageError) -> String {
         next = s.source();
     }
     out
+}
+
+/// The multipart path of a remote backend: an object of 2.5 parts of `part_size`, written in
+/// odd-sized pieces, reads back whole, across a part boundary and as a suffix; then a large
+/// and a small create-if-absent over it both change nothing. Leaves `base/big.bundle`.
+pub fn multipart_round_trip_stays_conditional(store: &dyn Storage, part_size: usize) {
+    let ctx = Ctx::background();
+    // 2.5 parts, written in odd-sized pieces.
+    let data: Vec<u8> = (0..(part_size * 5 / 2) as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
+    for piece in data.chunks(99_991) {
+        w.write_all(piece).unwrap();
+    }
+    assert_eq!(w.commit().unwrap(), PutOutcome::Created);
+    assert_eq!(store.head(&ctx, "base/big.bundle").unwrap().unwrap().size, data.len() as u64);
+    assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "multipart object differs after a round trip");
+    let edge = part_size as u64;
+    let across = store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Bounded(edge - 10..edge + 10)).unwrap();
+    assert_eq!(across, &data[edge as usize - 10..edge as usize + 10], "range across a part boundary");
+    assert_eq!(store.get_range_bytes(&ctx, "base/big.bundle", ByteRange::Suffix(5)).unwrap(), &data[data.len() - 5..]);
+
+    // Create-if-absent on an existing key: a large and a small attempt both change nothing.
+    let mut w = store.writer(&ctx, "base/big.bundle", PutMode::IfAbsent).unwrap();
+    w.write_all(&vec![0u8; part_size + 1]).unwrap();
+    assert_eq!(w.commit().unwrap(), PutOutcome::AlreadyExists, "multipart IfAbsent over an existing object");
+    assert_eq!(store.put(&ctx, "base/big.bundle", b"small", PutMode::IfAbsent).unwrap(), PutOutcome::AlreadyExists);
+    assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "a conditional write replaced the object");
 }

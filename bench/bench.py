@@ -48,6 +48,9 @@ import textwrap
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import T_START, Terminated, env_int, fmt, log, on_signal, settle_machine  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 PGBIN = os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin")
@@ -57,20 +60,10 @@ STANZA = "bench"
 MB = 1024 * 1024
 INCR_ROUNDS = 5  # the chain restored: a full backup + 5 incrementals
 
-T_START = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------------
 # small helpers
-
-def log(msg):
-    print(f"[{time.monotonic() - T_START:8.1f}s] {msg}", flush=True)
-
-
-def env_int(name, default):
-    v = os.environ.get(name)
-    return int(v.replace("_", "")) if v else default
-
 
 def fmt_bytes(n):
     if n is None:
@@ -101,14 +94,6 @@ def spread(values):
 
 class BenchError(Exception):
     pass
-
-
-class Terminated(BaseException):
-    """SIGTERM / SIGHUP: unwinds through the finally blocks like KeyboardInterrupt."""
-
-
-def _on_signal(signum, _frame):
-    raise Terminated(f"signal {signum}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,7 +577,7 @@ class Bench:
 
     def restore_ours_into(self, target, backup_id, rss_file, settle=False):
         """Our restore of backup_id into the empty directory target, timed until the command
-        returns; peak RSS from /usr/bin/time. settle: sync and pause first (see settle())."""
+        returns; peak RSS from /usr/bin/time. settle: sync and pause first (see common.settle_machine())."""
         self.rmtree(target)
         cmd = [self.archiver, "--config", self.our_conf, "restore", "--pgdata", target, "--backup-id", backup_id,
                "--target", "immediate", "--archive-mode", "off", "--workers", self.args.workers]
@@ -601,7 +586,7 @@ class Bench:
             # the same, only the recovery settings differ
             cmd = [c for c in cmd if c not in ("--target", "immediate")]
         if settle:
-            self.settle()
+            settle_machine()
         t0 = time.monotonic()
         p = self.run([TIME_BIN, "-f", "%M", "-o", rss_file] + cmd, timeout=self.args.timeout, check=False)
         secs = time.monotonic() - t0
@@ -660,7 +645,7 @@ class Bench:
         self.rmtree(target)
         self.mkdir_pg(target)  # pgBackRest restores into an existing, empty directory
         if settle:
-            self.settle()
+            settle_machine()
         t0 = time.monotonic()
         self.pgbr("restore", f"--pg1-path={target}", f"--set={label}", "--type=immediate", "--archive-mode=off",
                   timeout=self.args.timeout)
@@ -889,24 +874,6 @@ class Bench:
              **size}
         self.incr["pgbackrest"].append(r)
         return r
-
-    def settle(self):
-        """The same starting line before each timed restore: dirty pages written out (the
-        previous restore, the directory just removed) until Dirty + Writeback in /proc/meminfo
-        stay under 16 MB, then two seconds of quiet: a bare `sync` and one second left the
-        restore that ran first in a rep ~2 s slower than the same restore run second."""
-        deadline = time.monotonic() + 60
-        while True:
-            self.run(["sync"], as_pg=False)
-            mem = {}
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    k, v = line.split(":", 1)
-                    mem[k] = int(v.split()[0])
-            if mem.get("Dirty", 0) + mem.get("Writeback", 0) < 16 * 1024 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        time.sleep(2.0)
 
     def incremental_rep(self, rep):
         tag = f"rep {rep}/{self.args.reps}"
@@ -1260,10 +1227,6 @@ def analyse_incremental(results):
     inc["read_path"] = sorted({r.get("path", "?") for r in ours})
 
 
-def fmt(v, digits=3):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def print_ratio_rows(rows):
     for r in rows:
         sp = f"{fmt(r['min'])}..{fmt(r['max'])}"
@@ -1444,8 +1407,8 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     bench = Bench(args)
     p = bench.results["params"]

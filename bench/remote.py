@@ -55,6 +55,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from common import T_START, Terminated, env_int, fmt, log, on_signal, settle_machine  # noqa: E402
 from s3_restore import (MOTO, PG_BIN, PG_USER, Failed, Relay, free_port, gnu_time, ours_s3_conf,  # noqa: E402
                         pgbackrest_s3_conf, run, self_signed_cert, start_moto)
 
@@ -64,7 +65,6 @@ STANZA = "bench"      # pgBackRest: WAL runs and backups
 REC_STANZA = "rec"    # pgBackRest: the recovery WAL only
 CLK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
-T_START = time.monotonic()
 
 TOOLS = {
     "wal": ["ours", "pgbackrest_sync", "pgbackrest_async"],
@@ -85,23 +85,6 @@ RATIOS = [
     ("backup_time_vs_pgbackrest", "full backup to S3 / pgBackRest", ("backup", "ours", "seconds"),
      ("backup", "pgbackrest", "seconds"), "lower", 0.6),
 ]
-
-
-def log(msg):
-    print(f"[{time.monotonic() - T_START:7.1f}s] {msg}", flush=True)
-
-
-def env_int(name, default):
-    v = os.environ.get(name)
-    return int(v.replace("_", "")) if v else default
-
-
-class Terminated(BaseException):
-    """SIGTERM / SIGHUP: unwinds through the finally blocks like KeyboardInterrupt."""
-
-
-def _on_signal(signum, _frame):
-    raise Terminated(f"signal {signum}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,22 +216,6 @@ class Remote:
         if p.returncode != 0 and mode != "immediate":
             self.pg_ctl(pgdata, "-m", "immediate", "-w", "stop", timeout=120, check=False)
 
-    def settle(self):
-        """The same starting line before every timed step (as bench.py): dirty pages written out
-        until Dirty + Writeback stay under 16 MB, then two seconds of quiet."""
-        deadline = time.monotonic() + 60
-        while True:
-            os.sync()
-            mem = {}
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    k, v = line.split(":", 1)
-                    mem[k] = int(v.split()[0])
-            if mem.get("Dirty", 0) + mem.get("Writeback", 0) < 16 * 1024 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        time.sleep(2.0)
-
     def cpu_clock(self):
         return CpuClock(self.moto_proc.pid)
 
@@ -301,7 +268,7 @@ class Remote:
 
     def archive_cmds(self):
         ours = f"{self.bin} --config {self.ours_conf} push %p"
-        br = f"pgbackrest --config={{}} --stanza={{}} archive-push %p"
+        br = "pgbackrest --config={} --stanza={} archive-push %p"
         return {
             "pause": "",
             "discard": "/bin/true",  # after a failed run: its backlog dropped
@@ -504,7 +471,7 @@ class Remote:
         pending = self.ready_files()
         self.set_archive(tool, reload=False)
         status_dir = f"{self.pgdata}/pg_wal/archive_status"
-        self.settle()
+        settle_machine()
         cpu = self.cpu_clock()
         t0 = time.monotonic()
         self.psql("SELECT pg_reload_conf()")
@@ -558,7 +525,7 @@ class Remote:
         if os.path.exists(logf):
             os.remove(logf)
         self.clusters.add(dest)
-        self.settle()
+        settle_machine()
         cpu = self.cpu_clock()
         t0 = time.monotonic()
         self.pg_ctl(dest, "-l", logf, "-W", "start")
@@ -620,7 +587,7 @@ class Remote:
                    "--workers", self.a.workers]
         else:
             cmd = ["pgbackrest", f"--config={self.br_sync}", f"--stanza={STANZA}", "backup", "--type=full"]
-        self.settle()
+        settle_machine()
         cpu = self.cpu_clock()
         t0 = time.monotonic()
         p = self.sh([TIME_BIN, "-v"] + cmd, check=False)
@@ -785,10 +752,6 @@ def analyse(results):
     results["ratios"] = ratios
 
 
-def fmt(v, digits=3):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def print_tables(results):
     print()
     print("Ratios ours / pgBackRest, per rep (same rep), and their median.")
@@ -896,8 +859,8 @@ def main(argv):
         sys.exit("run as root (runuser to the postgres OS user)")
     if not os.access(MOTO, os.X_OK):
         sys.exit(f"no moto at {MOTO} (make test-deps installs it, or set MOTO_SERVER)")
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     ts = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     b = Remote(a)
     log(f"remote (S3) benchmark: scale {a.scale}, {a.rows:,} md5 rows, {a.reps} rep(s), {a.wal_segments} segments, "

@@ -48,6 +48,9 @@ impl KeyId {
     }
 }
 
+/// Cloned where several repositories open with one key ring read once; every copy's secret is
+/// zeroed when dropped.
+#[derive(Clone)]
 pub struct MasterKey {
     pub id: KeyId,
     pub created: chrono::DateTime<chrono::Utc>,
@@ -73,7 +76,7 @@ impl MasterKey {
 }
 
 /// Every master key of a key file, oldest first.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct KeyRing {
     keys: Vec<MasterKey>,
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::wal::{xlog_page_magic, LongPageHeader, Lsn, SegmentPos, SystemId, TimelineId, WalFileName, LONG_PAGE_HEADER_LEN};
 use super::walsummary::{summarize_segment, RestorePoint, SegmentSummary, SummaryError};
 use super::{PgRepo, PgRepoError};
+use crate::codec::EncodeParams;
 use crate::repo::RepoError;
 use crate::storage::{ObjectMeta, PutMode};
 
@@ -73,59 +74,17 @@ impl<'r> WalArchive<'r> {
         self.push_prepared(&self.prepare(path)?)
     }
 
-    /// The WAL file at `path`, its name checked and, for a segment, its first page (this
-    /// cluster's, PostgreSQL 15's, whole), rewound.
-    fn open_checked(&self, path: &Path) -> Result<(WalFileName, File), PushError> {
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
-        let mut file = File::open(path).map_err(|cause| PushError::Read { path: path.display().to_string(), cause })?;
-        if name.carries_wal_pages() {
-            self.check_segment(&name, &mut file, path)?;
-        }
-        Ok((name, file))
-    }
-
-    /// Read, check and encode a WAL file once, for pushing into several repositories of the
-    /// same cluster (they share the key ring and codec settings, so one encoding serves all):
-    /// see [`super::repos::RepoSet::push`]. Holds the encoded file in memory (a segment is 16 MB
-    /// by default; compressed, usually far less).
+    /// Read, check and encode a WAL file with this repository's keys and codec settings.
     pub fn prepare(&self, path: &Path) -> Result<Prepared, PushError> {
-        let (name, mut file) = self.open_checked(path)?;
-        let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
-        let mut plain = Vec::new();
-        file.read_to_end(&mut plain).map_err(read_err)?;
-        let objects = self.repo.objects();
-        let key = name.object_key();
-        let encode = |key: &str, mut bytes: &[u8]| {
-            let mut out = Vec::with_capacity(bytes.len() / 2);
-            crate::codec::encode(&mut bytes, &mut out, key, objects.encode_params()).map(|s| (out, s)).map_err(|e| PgRepoError::codec(key, e))
-        };
-        // The block summary is made on a second thread while the segment is encoded (both CPU
-        // only; a segment's records decode in about the time it compresses).
-        let summarize = |_: usize| match &name {
-            WalFileName::Segment(pos) => Some(self.summarize(*pos, &plain, None)),
-            _ => None,
-        };
-        let (encoded, summary) = std::thread::scope(|scope| {
-            let summarizer = crate::threads::spawn_blocking_signals(scope, 1, &summarize).pop().expect("one thread");
-            let encoded = encode(&key, &plain);
-            (encoded, summarizer.join().expect("summarizer panicked"))
-        });
-        let (encoded, summary_of) = encoded?;
-        let summary = match summary {
-            Some(Ok(s)) => Some(encode(&summary_key(&name), &s.to_bytes())?.0),
-            Some(Err(e)) => {
-                eprintln!("wal-archiver: WARNING: no block summary for {name} ({e}); the next incremental backup reads the files it covers");
-                None
-            }
-            None => None,
-        };
-        Ok(Prepared { name, encoded, trailer: summary_of.trailer, summary })
+        let prepared = Prepared::encode(path, self.repo.objects().encode_params())?;
+        prepared.check(self.repo)?;
+        Ok(prepared)
     }
 
     /// Store a [`Prepared`] WAL file here, once: the same rules as [`WalArchive::push`] (an
     /// identical copy already there is success, a different one a conflict).
     pub fn push_prepared(&self, p: &Prepared) -> Result<PushOutcome, PushError> {
+        p.check(self.repo)?;
         let key = p.name.object_key();
         let objects = self.repo.objects();
         let (storage, ctx) = (objects.storage(), objects.ctx());
@@ -226,35 +185,6 @@ impl<'r> WalArchive<'r> {
         Ok(None)
     }
 
-    fn check_segment(&self, name: &WalFileName, file: &mut File, path: &Path) -> Result<(), PushError> {
-        let bad = |reason: String| PushError::BadSegment { name: name.to_string(), reason };
-        let mut head = [0u8; LONG_PAGE_HEADER_LEN];
-        file.read_exact(&mut head).map_err(|e| bad(format!("cannot read its first page: {e}")))?;
-        let header = LongPageHeader::parse(&head).map_err(|e| bad(e.to_string()))?;
-        let cluster = self.repo.cluster();
-        if header.system_id != cluster.system_id {
-            return Err(PushError::ForeignSystem {
-                name: name.to_string(),
-                found: header.system_id,
-                expected: cluster.system_id,
-                location: self.repo.location(),
-            });
-        }
-        if Some(header.magic) != xlog_page_magic(cluster.pg_version) {
-            return Err(bad(format!("page magic {:#06X} is not PostgreSQL {}'s WAL", header.magic, cluster.pg_version)));
-        }
-        if header.segment_size != cluster.wal_segment_size {
-            return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, cluster.wal_segment_size)));
-        }
-        let len = file.metadata().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?.len();
-        if len != u64::from(cluster.wal_segment_size) {
-            return Err(bad(format!("file is {len} bytes, a segment is {}", cluster.wal_segment_size)));
-        }
-        use std::io::Seek;
-        file.rewind().map_err(|e| PushError::Read { path: path.display().to_string(), cause: e })?;
-        Ok(())
-    }
-
     /// `restore_command`: write WAL file `name` to `dest`, atomically: the bytes go to a
     /// temporary file beside `dest`, which is renamed onto it only once authenticated and
     /// digest-checked. `Err(FetchError::NotFound)` when the archive does not have it.
@@ -313,7 +243,8 @@ impl<'r> WalArchive<'r> {
     }
 }
 
-/// A WAL file read, checked and encoded once, ready for [`WalArchive::push_prepared`].
+/// A WAL file read and encoded once, ready for [`WalArchive::push_prepared`] in any repository
+/// of its cluster (they share the key ring and codec settings, so one encoding serves all).
 pub struct Prepared {
     pub name: WalFileName,
     /// The stored form: the same bytes in every repository.
@@ -321,6 +252,87 @@ pub struct Prepared {
     pub trailer: crate::codec::Trailer,
     /// The segment's encoded block summary, when it could be made.
     pub summary: Option<Vec<u8>>,
+    /// The first page's header, for a file that carries WAL pages; checked against each
+    /// repository's cluster before the file is stored there.
+    header: Option<LongPageHeader>,
+}
+
+impl Prepared {
+    /// Read the WAL file at `path` and encode it with `params`, its block summary made on a
+    /// second thread meanwhile (both CPU only; a segment's records decode in about the time it
+    /// compresses). Holds the encoded file in memory (a segment is 16 MB by default;
+    /// compressed, usually far less). Needs no open repository: against an object store
+    /// opening one is a round trip, which [`super::repos::RepoSet::push`] makes while this
+    /// runs. What needs the repository (whose cluster the file is) is [`Prepared::check`],
+    /// which [`WalArchive::push_prepared`] calls before it stores anything.
+    pub fn encode(path: &Path, params: EncodeParams<'_>) -> Result<Prepared, PushError> {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = WalFileName::parse(&file_name).map_err(|_| PushError::NotWal { path: path.display().to_string() })?;
+        let read_err = |cause| PushError::Read { path: path.display().to_string(), cause };
+        let mut plain = Vec::new();
+        File::open(path).and_then(|mut f| f.read_to_end(&mut plain)).map_err(read_err)?;
+        let header = if name.carries_wal_pages() { Some(segment_header(&name, &plain)?) } else { None };
+        let key = name.object_key();
+        let encode = |key: &str, mut bytes: &[u8]| {
+            let mut out = Vec::with_capacity(bytes.len() / 2);
+            crate::codec::encode(&mut bytes, &mut out, key, params).map(|s| (out, s)).map_err(|e| PgRepoError::codec(key, e))
+        };
+        let summarize = |_: usize| match (&name, &header) {
+            (WalFileName::Segment(pos), Some(h)) => {
+                let seg = h.segment_size;
+                Some(summarize_segment(&plain, pos.timeline, Lsn(pos.segno(seg) * u64::from(seg)), seg, None))
+            }
+            _ => None,
+        };
+        let (encoded, summary) = std::thread::scope(|scope| {
+            let summarizer = crate::threads::spawn_blocking_signals(scope, 1, &summarize).pop().expect("one thread");
+            let encoded = encode(&key, &plain);
+            (encoded, summarizer.join().expect("summarizer panicked"))
+        });
+        let (encoded, summary_of) = encoded?;
+        let summary = match summary {
+            Some(Ok(s)) => Some(encode(&summary_key(&name), &s.to_bytes())?.0),
+            Some(Err(e)) => {
+                eprintln!("wal-archiver: WARNING: no block summary for {name} ({e}); the next incremental backup reads the files it covers");
+                None
+            }
+            None => None,
+        };
+        Ok(Prepared { name, encoded, trailer: summary_of.trailer, summary, header })
+    }
+
+    /// The file belongs in `repo`: WAL of its cluster's system, PostgreSQL version and segment
+    /// size (a file of another cluster must never mix into this one's archive).
+    pub fn check(&self, repo: &PgRepo) -> Result<(), PushError> {
+        let Some(header) = &self.header else { return Ok(()) };
+        let name = &self.name;
+        let bad = |reason: String| PushError::BadSegment { name: name.to_string(), reason };
+        let cluster = repo.cluster();
+        if header.system_id != cluster.system_id {
+            return Err(PushError::ForeignSystem { name: name.to_string(), found: header.system_id, expected: cluster.system_id, location: repo.location() });
+        }
+        if Some(header.magic) != xlog_page_magic(cluster.pg_version) {
+            return Err(bad(format!("page magic {:#06X} is not PostgreSQL {}'s WAL", header.magic, cluster.pg_version)));
+        }
+        if header.segment_size != cluster.wal_segment_size {
+            return Err(bad(format!("segment size {} differs from the repository's {}", header.segment_size, cluster.wal_segment_size)));
+        }
+        Ok(())
+    }
+}
+
+/// The long page header a WAL segment (or partial segment) starts with; the file's length must
+/// be the segment size that header gives.
+fn segment_header(name: &WalFileName, plain: &[u8]) -> Result<LongPageHeader, PushError> {
+    let bad = |reason: String| PushError::BadSegment { name: name.to_string(), reason };
+    if plain.len() < LONG_PAGE_HEADER_LEN {
+        return Err(bad(format!("cannot read its first page: the file is {} bytes", plain.len())));
+    }
+    let header = LongPageHeader::parse(&plain[..LONG_PAGE_HEADER_LEN]).map_err(|e| bad(e.to_string()))?;
+    if plain.len() as u64 != u64::from(header.segment_size) {
+        return Err(bad(format!("file is {} bytes, a segment is {}", plain.len(), header.segment_size)));
+    }
+    Ok(header)
 }
 
 /// `owed/<repository>/<WAL file>`, in the primary repository: WAL file archived while
@@ -505,6 +517,35 @@ mod tests {
         std::fs::create_dir(&elsewhere).unwrap();
         let conflicting = segment(&elsewhere, "000000010000000000000003", 8);
         assert!(matches!(repo.wal().push(&conflicting), Err(PushError::Conflict { .. })), "different content under an archived name");
+    }
+
+    /// A file is encoded before any repository is open (RepoSet::push opens them meanwhile),
+    /// so what only a repository can tell is checked when it is stored: another system's
+    /// segment, or one of another segment size, never gets in. A truncated file is refused
+    /// before it is encoded.
+    #[test]
+    fn prepared_without_a_repository_is_checked_before_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, _store) = unreliable_repo(dir.path());
+        let params = crate::codec::EncodeParams { compression: Compression::Zstd { level: 1 }, key: None, threads: 2 };
+        let path = segment(dir.path(), "000000010000000000000006", 3);
+        let mut foreign = std::fs::read(&path).unwrap();
+        foreign[24..32].copy_from_slice(&43u64.to_ne_bytes());
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("000000010000000000000006"), &foreign).unwrap();
+        let prepared = Prepared::encode(&other.join("000000010000000000000006"), params).unwrap();
+        assert!(matches!(repo.wal().push_prepared(&prepared), Err(PushError::ForeignSystem { .. })));
+        assert!(repo.wal().list().unwrap().is_empty(), "a foreign segment was stored");
+
+        let half = dir.path().join("half");
+        std::fs::create_dir(&half).unwrap();
+        std::fs::write(half.join("000000010000000000000006"), &foreign[..SEG as usize / 2]).unwrap();
+        let err = Prepared::encode(&half.join("000000010000000000000006"), params).err().expect("a truncated segment is refused");
+        assert!(matches!(&err, PushError::BadSegment { reason, .. } if reason.contains("bytes")), "{err:?}");
+
+        let prepared = Prepared::encode(&path, params).unwrap();
+        assert!(matches!(repo.wal().push_prepared(&prepared).unwrap(), PushOutcome::Archived { .. }));
     }
 
     /// restore_command's contract: "not archived" only when the archive says so; a store that

@@ -26,12 +26,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::archive::{owed_key, FetchError, PushError, PushOutcome, RepoFailure, OWED_PREFIX};
+use super::archive::{owed_key, FetchError, Prepared, PushError, PushOutcome, RepoFailure, OWED_PREFIX};
 use super::wal::WalFileName;
 use super::{PgRepo, PgRepoError};
 use crate::config::{Config, RepoConfig, WalArchiving};
 use crate::error::report;
-use crate::repo::RepoError;
+use crate::codec::EncodeParams;
+use crate::keys::KeyRing;
+use crate::repo::{RepoError, Repository};
 use crate::storage::PutMode;
 
 /// Owed files a push copies to a repository that is reachable again, at most: catching up
@@ -48,6 +50,8 @@ pub struct RepoSet {
     config: Config,
     members: Vec<Member>,
     codec_threads: usize,
+    /// The configuration's key ring, read on first need, for every member.
+    keys: Option<Option<KeyRing>>,
 }
 
 /// What a push did beyond storing the file.
@@ -80,13 +84,13 @@ impl RepoSet {
         if members.is_empty() {
             return Err(RepoError::from(crate::config::ConfigError::NoRepository).into());
         }
-        Ok(RepoSet { config: config.clone(), members, codec_threads: 1 })
+        Ok(RepoSet { config: config.clone(), members, codec_threads: 1, keys: None })
     }
 
     /// Only repository `name` (`--repo`): a restore from it fetches its WAL there only.
     pub fn only(config: &Config, name: &str) -> Result<RepoSet, PgRepoError> {
         let member = Member { config: config.repo_named(name).map_err(RepoError::from)?, repo: None };
-        Ok(RepoSet { config: config.clone(), members: vec![member], codec_threads: 1 })
+        Ok(RepoSet { config: config.clone(), members: vec![member], codec_threads: 1, keys: None })
     }
 
     /// As `archive_command` and `archive_library` use them: they run in the data directory, so
@@ -112,6 +116,7 @@ impl RepoSet {
     /// Member `i`, opened if it is not yet, and checked to belong to the primary's cluster.
     pub fn open(&mut self, i: usize) -> Result<&PgRepo, PgRepoError> {
         if self.members[i].repo.is_none() {
+            self.key_ring()?;
             let repo = self.open_fresh(i)?;
             if i > 0 {
                 same_cluster(&repo, self.open(0)?)?;
@@ -121,8 +126,18 @@ impl RepoSet {
         Ok(self.members[i].repo.as_ref().expect("opened above"))
     }
 
+    /// The configuration's key ring, read once for all members.
+    fn key_ring(&mut self) -> Result<Option<&KeyRing>, PgRepoError> {
+        if self.keys.is_none() {
+            self.keys = Some(Repository::keys_for(&self.config)?);
+        }
+        Ok(self.keys.as_ref().and_then(Option::as_ref))
+    }
+
+    /// Open member `i` with the key ring ([`RepoSet::key_ring`] has read it).
     fn open_fresh(&self, i: usize) -> Result<PgRepo, PgRepoError> {
-        let mut repo = PgRepo::open_repo(&self.config, &self.members[i].config)?;
+        let keys = self.keys.as_ref().expect("the key ring is read before a member is opened").clone();
+        let mut repo = PgRepo::from_repository(Repository::open_keyed(&self.config, &self.members[i].config, keys)?)?;
         repo.objects_mut().set_codec_threads(self.codec_threads);
         Ok(repo)
     }
@@ -135,23 +150,36 @@ impl RepoSet {
     /// `archive_command`: store the WAL file at `path` in every repository; see the module
     /// docs for when that counts as success.
     pub fn push(&mut self, path: &Path) -> Result<PushReport, PushError> {
+        let keys = self.key_ring()?.cloned();
+        let params = EncodeParams { compression: self.config.compression(), key: keys.as_ref().map(KeyRing::newest), threads: self.codec_threads };
+        // The file is read and encoded while the repositories not open yet are opened, in
+        // parallel: for `archive_command` (a process per file) each is a round trip to its
+        // store, as long as reading the file.
+        let closed: Vec<usize> = (0..self.members.len()).filter(|i| self.members[*i].repo.is_none()).collect();
+        let open_closed = |_: usize| parallel(closed.len(), |k| self.open_fresh(closed[k]));
+        let (prepared, opened) = std::thread::scope(|scope| {
+            let opener = (!closed.is_empty()).then(|| crate::threads::spawn_blocking_signals(scope, 1, &open_closed).pop().expect("one thread"));
+            let prepared = Prepared::encode(path, params);
+            (prepared, opener.map(|h| h.join().expect("repository thread panicked")).unwrap_or_default())
+        });
+        let mut open_errors: Vec<Option<PgRepoError>> = (0..self.members.len()).map(|_| None).collect();
+        for (k, result) in opened.into_iter().enumerate() {
+            match result {
+                Ok(repo) => self.members[closed[k]].repo = Some(repo),
+                Err(e) => open_errors[closed[k]] = Some(e),
+            }
+        }
         if self.members.len() == 1 {
-            let outcome = self.open(0)?.wal().push(path);
+            if let Some(e) = open_errors[0].take() {
+                return Err(e.into());
+            }
+            let outcome = prepared.and_then(|p| self.members[0].repo.as_ref().expect("opened").wal().push_prepared(&p));
             if outcome.is_err() {
                 self.forget(0);
             }
             return Ok(PushReport { outcome: outcome?, owed: Vec::new(), caught_up: 0 });
         }
-        // Open what is not open, in parallel (each is a round trip to its store).
-        let closed: Vec<usize> = (0..self.members.len()).filter(|i| self.members[*i].repo.is_none()).collect();
-        let opened = parallel(closed.len(), |k| self.open_fresh(closed[k]));
-        let mut open_errors: Vec<Option<String>> = vec![None; self.members.len()];
-        for (k, result) in opened.into_iter().enumerate() {
-            match result {
-                Ok(repo) => self.members[closed[k]].repo = Some(repo),
-                Err(e) => open_errors[closed[k]] = Some(report(&e)),
-            }
-        }
+        let mut open_errors: Vec<Option<String>> = open_errors.iter().map(|e| e.as_ref().map(|e| report(e))).collect();
         let Some(primary) = self.members[0].repo.as_ref() else {
             let error = open_errors[0].take().unwrap_or_default();
             return Err(PushError::Repositories { failures: vec![RepoFailure { repo: self.members[0].config.name.clone(), error }] });
@@ -163,7 +191,7 @@ impl RepoSet {
             open_errors[i] = Some(report(&e));
             self.forget(i);
         }
-        let prepared = self.members[0].repo.as_ref().expect("checked above").wal().prepare(path)?;
+        let prepared = prepared?;
         let members = &self.members;
         let results = parallel(members.len(), |i| members[i].repo.as_ref().map(|r| r.wal().push_prepared(&prepared)));
 

@@ -92,8 +92,14 @@ impl Repository {
 
     /// Open repository `repo` of the configuration with its keys and codec settings.
     pub fn open(config: &Config, repo: &RepoConfig) -> Result<Repository, RepoError> {
+        Self::open_keyed(config, repo, Self::keys_for(config)?)
+    }
+
+    /// As [`Repository::open`], with the key ring already read ([`Repository::keys_for`]): one
+    /// read serves several repositories (a passphrase-sealed key file costs a key derivation
+    /// per read).
+    pub fn open_keyed(config: &Config, repo: &RepoConfig, keys: Option<KeyRing>) -> Result<Repository, RepoError> {
         let storage = storage::open(&repo.location)?;
-        let keys = Self::keys_for(config)?;
         Self::open_with(storage, keys, config.compression())
     }
 

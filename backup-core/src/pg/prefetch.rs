@@ -74,6 +74,8 @@ const TMP_SUFFIX: &str = ".tmp";
 const LOG_MAX_BYTES: u64 = 1 << 20;
 /// Download threads, at most.
 pub const MAX_THREADS: usize = 4;
+/// The prefetcher's nice value (see [`spawn_detached`]).
+const PREFETCH_NICE: libc::c_int = 10;
 /// How long a prefetcher with a full window waits for recovery to ask for more before it ends:
 /// long enough to span the replay of a segment or two, so one prefetcher (with its repository
 /// connections) usually serves a whole recovery.
@@ -527,6 +529,10 @@ pub fn spawn_detached(exe: &Path, args: &[std::ffi::OsString], log: File) -> io:
             for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT, libc::SIGHUP] {
                 libc::signal(sig, libc::SIG_DFL);
             }
+            // Below the server's priority: replay (one process) is what recovery waits for,
+            // and the prefetcher only has to stay ahead of it, which it does with the CPU
+            // replay leaves; at equal priority its decoding took CPU from replay.
+            libc::setpriority(libc::PRIO_PROCESS, 0, PREFETCH_NICE);
             Ok(())
         });
     }

@@ -6,6 +6,9 @@ repositories (S3)"):
   1. WAL archiving rate to S3: N full segments made while archiving is paused, then the tool's
      archive_command is set and the clock runs until the last of them is archived.
        ours        wal-archiver push %p                 target: >= 1.5 x pgBackRest sync
+       ours_module archive_library = 'pg_backup_ext' (the same push in the archiver process,
+                   repositories and connections kept open; skipped when the library is not
+                   installed)                           target: >= 1.5 x pgBackRest sync
        pgBackRest  archive-push %p, sync and async (archive-async=y, spool-path)
   2. Recovery from S3: the same base backup (one pg_basebackup copy, the same files for both)
      started with recovery.signal and the tool's restore_command; N segments made once and
@@ -67,8 +70,12 @@ CLK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
 
 TOOLS = {
-    "wal": ["ours", "pgbackrest_sync", "pgbackrest_async"],
-    "recovery": ["ours", "pgbackrest_async"],
+    # ours: archive_command = 'wal-archiver push %p'; ours_module: archive_library = 'pg_backup_ext'
+    # (the same push inside the archiver process, repositories and connections kept open)
+    "wal": ["ours", "ours_module", "pgbackrest_sync", "pgbackrest_async"],
+    # plain_cp: restore_command = 'cp' from a local directory of the plain segments, the floor
+    # any tool meets (no download, no decoding; PostgreSQL's replay and a process per segment)
+    "recovery": ["ours", "pgbackrest_async", "plain_cp"],
     "backup": ["ours", "pgbackrest"],
 }
 
@@ -78,10 +85,18 @@ RATIOS = [
      ("wal", "pgbackrest_sync", "segments_per_s"), "higher", 1.5),
     ("wal_rate_vs_pgbackrest_async", "WAL rate to S3 / pgBackRest async", ("wal", "ours", "segments_per_s"),
      ("wal", "pgbackrest_async", "segments_per_s"), "higher", None),
+    ("wal_module_rate_vs_pgbackrest_sync", "  archive module / pgBackRest sync", ("wal", "ours_module", "segments_per_s"),
+     ("wal", "pgbackrest_sync", "segments_per_s"), "higher", 1.5),
+    ("wal_module_rate_vs_pgbackrest_async", "  archive module / pgBackRest async", ("wal", "ours_module", "segments_per_s"),
+     ("wal", "pgbackrest_async", "segments_per_s"), "higher", None),
     ("recovery_time_vs_pgbackrest_async", "recovery from S3 / pgBackRest async get", ("recovery", "ours", "seconds"),
      ("recovery", "pgbackrest_async", "seconds"), "lower", 0.7),
     ("recovery_redo_vs_pgbackrest_async", "  start to 'redo done' / pgBackRest", ("recovery", "ours", "redo_s"),
      ("recovery", "pgbackrest_async", "redo_s"), "lower", None),
+    ("recovery_floor_vs_pgbackrest_async", "  floor (cp of plain WAL) / pgBackRest", ("recovery", "plain_cp", "seconds"),
+     ("recovery", "pgbackrest_async", "seconds"), "lower", None),
+    ("recovery_time_vs_floor", "  ours / floor (cp of plain WAL)", ("recovery", "ours", "seconds"),
+     ("recovery", "plain_cp", "seconds"), "lower", None),
     ("backup_time_vs_pgbackrest", "full backup to S3 / pgBackRest", ("backup", "ours", "seconds"),
      ("backup", "pgbackrest", "seconds"), "lower", 0.6),
 ]
@@ -149,6 +164,7 @@ class Remote:
         self.ours_keys = f"{self.ours_dir}/keys.json"
         self.ours_conf = f"{self.ours_dir}/main.conf"      # prefix "ours": WAL runs, backups
         self.ours_rec_conf = f"{self.ours_dir}/rec.conf"   # prefix "ours-rec": the recovery WAL only
+        self.plain_wal = f"{self.w}/plain-wal"             # the recovery WAL, plain (the floor)
         self.br_dir = f"{self.w}/pgbackrest"
         self.br_sync = f"{self.br_dir}/sync.conf"
         self.br_async = f"{self.br_dir}/async.conf"
@@ -271,17 +287,22 @@ class Remote:
         br = "pgbackrest --config={} --stanza={} archive-push %p"
         return {
             "pause": "",
+            "ours_module": "",  # archive_library set instead (set_archive)
             "discard": "/bin/true",  # after a failed run: its backlog dropped
             "ours": ours,
             "pgbackrest_sync": br.format(self.br_sync, STANZA),
             "pgbackrest_async": br.format(self.br_async, STANZA),
             # the recovery WAL: every segment into both tools' recovery repositories, or fails
-            "both_rec": f"{self.bin} --config {self.ours_rec_conf} push %p && " + br.format(self.br_sync, REC_STANZA),
+            "both_rec": f"{self.bin} --config {self.ours_rec_conf} push %p && " + br.format(self.br_sync, REC_STANZA)
+                        + f" && cp %p {self.plain_wal}/%f",
         }
 
     def set_archive(self, name, reload=True):
         cmd = self.archive_cmds()[name]
         self.psql("ALTER SYSTEM SET archive_command = '" + cmd.replace("'", "''") + "'")
+        # PostgreSQL 15 ignores archive_command while archive_library is set; a change of
+        # archive_library restarts the archiver at the reload
+        self.psql("ALTER SYSTEM SET archive_library = '" + ("pg_backup_ext" if name == "ours_module" else "") + "'")
         if reload:
             self.psql("SELECT pg_reload_conf()")
             time.sleep(0.5)
@@ -353,7 +374,7 @@ class Remote:
         shutil.rmtree(self.w, ignore_errors=True)
         self.mkdir_pg(self.w, 0o755)
         for d in (f"{self.w}/bin", self.logs, self.ours_dir, self.br_dir, f"{self.br_dir}/log", f"{self.br_dir}/lock",
-                  f"{self.br_dir}/spool"):
+                  f"{self.br_dir}/spool", self.plain_wal):
             self.mkdir_pg(d, 0o755 if d.endswith("/bin") else 0o700)
         os.chmod(self.logs, 0o755)
         # our binary copied in: a rebuild during the run cannot change it, and its detached
@@ -410,6 +431,14 @@ class Remote:
         self.write_pg(self.ours_rec_conf, ours_s3_conf(self.ours_keys, http.port, "ours-rec", extra=prefetch))
         for conf in (self.ours_conf, self.ours_rec_conf):
             self.sh([self.bin, "--config", conf, "init", "--pgdata", self.pgdata])
+        # the archive module: the installed extension library (make bench installs it)
+        libdir = self.sh([f"{PG_BIN}/pg_config", "--pkglibdir"], as_pg=False).stdout.strip()
+        env["archive_module"] = f"{libdir}/pg_backup_ext.so"
+        if os.path.exists(env["archive_module"]):
+            # (in the file: ALTER SYSTEM knows no parameter of a library the backend has not loaded)
+            self.write_pg(f"{self.pgdata}/postgresql.conf", f"backup.config_file = '{self.ours_conf}'\n", append=True)
+        else:
+            self.skip[("wal", "ours_module")] = f"{env['archive_module']} is not installed (make install-ext)"
 
         # pgBackRest: two stanzas of the same cluster in one repository, sync and async configs
         pg = {"pg1-path": self.pgdata, "pg1-socket-path": self.w, "pg1-port": self.port, "pg1-user": PG_USER}
@@ -503,6 +532,8 @@ class Remote:
     def restore_command(self, tool, dest):
         if tool == "ours":
             return f"{self.bin} --config {self.ours_rec_conf} fetch %f %p"
+        if tool == "plain_cp":
+            return f'cp {self.plain_wal}/%f "%p"'
         return f'pgbackrest --config={self.br_async} --stanza={REC_STANZA} --pg1-path={dest} archive-get %f "%p"'
 
     def recovery_run(self, tool, rep):

@@ -71,14 +71,7 @@ impl<'r> WalArchive<'r> {
     /// encoded in memory (a segment is 16 MB) and stored in one conditional write: against an
     /// object store one request, where streaming it would be a multipart upload.
     pub fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
-        self.push_prepared(&self.prepare(path)?)
-    }
-
-    /// Read, check and encode a WAL file with this repository's keys and codec settings.
-    pub fn prepare(&self, path: &Path) -> Result<Prepared, PushError> {
-        let prepared = Prepared::encode(path, self.repo.objects().encode_params())?;
-        prepared.check(self.repo)?;
-        Ok(prepared)
+        self.push_prepared(&Prepared::encode(path, self.repo.objects().encode_params())?)
     }
 
     /// Store a [`Prepared`] WAL file here, once: the same rules as [`WalArchive::push`] (an
@@ -123,8 +116,7 @@ impl<'r> WalArchive<'r> {
     }
 
     fn summarize(&self, pos: SegmentPos, bytes: &[u8], stop_at: Option<Lsn>) -> Result<SegmentSummary, SummaryError> {
-        let seg = self.repo.cluster().wal_segment_size;
-        summarize_segment(bytes, pos.timeline, Lsn(pos.segno(seg) * u64::from(seg)), seg, stop_at)
+        summarize_at(pos, bytes, self.repo.cluster().wal_segment_size, stop_at)
     }
 
     /// The block summary stored beside archived segment `pos`, if there is one (and it reads).
@@ -278,10 +270,7 @@ impl Prepared {
             crate::codec::encode(&mut bytes, &mut out, key, params).map(|s| (out, s)).map_err(|e| PgRepoError::codec(key, e))
         };
         let summarize = |_: usize| match (&name, &header) {
-            (WalFileName::Segment(pos), Some(h)) => {
-                let seg = h.segment_size;
-                Some(summarize_segment(&plain, pos.timeline, Lsn(pos.segno(seg) * u64::from(seg)), seg, None))
-            }
+            (WalFileName::Segment(pos), Some(h)) => Some(summarize_at(*pos, &plain, h.segment_size, None)),
             _ => None,
         };
         let (encoded, summary) = std::thread::scope(|scope| {
@@ -319,6 +308,12 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// The block summary of segment `pos` (its bytes, segments of `segment_size`), of the records
+/// starting before `stop_at` if given.
+fn summarize_at(pos: SegmentPos, bytes: &[u8], segment_size: u32, stop_at: Option<Lsn>) -> Result<SegmentSummary, SummaryError> {
+    summarize_segment(bytes, pos.timeline, Lsn(pos.segno(segment_size) * u64::from(segment_size)), segment_size, stop_at)
 }
 
 /// The long page header a WAL segment (or partial segment) starts with; the file's length must

@@ -150,8 +150,9 @@ impl RepoSet {
     /// `archive_command`: store the WAL file at `path` in every repository; see the module
     /// docs for when that counts as success.
     pub fn push(&mut self, path: &Path) -> Result<PushReport, PushError> {
-        let keys = self.key_ring()?.cloned();
-        let params = EncodeParams { compression: self.config.compression(), key: keys.as_ref().map(KeyRing::newest), threads: self.codec_threads };
+        self.key_ring()?;
+        let key = self.keys.as_ref().and_then(Option::as_ref).map(KeyRing::newest);
+        let params = EncodeParams { compression: self.config.compression(), key, threads: self.codec_threads };
         // The file is read and encoded while the repositories not open yet are opened, in
         // parallel: for `archive_command` (a process per file) each is a round trip to its
         // store, as long as reading the file.

@@ -88,6 +88,8 @@ fn recovery_is_served_from_the_prefetch_spool() {
     // The archive ended at `last`: the next segment was "not archived" and recovery promoted.
     assert!(log_count(&r, &format!("restored log file \"{last}\"")) >= 1, "{last} was not replayed:\n{}", r.log_tail(40));
     assert!(log_count(&r, "selected new timeline ID: 2") == 1, "no promotion:\n{}", r.log_tail(40));
+    // At the end of the archive PostgreSQL reads the last segment again: from the spool.
+    assert!(log_count(&r, "restored again from the prefetch spool") >= 1, "the last segment was downloaded again:\n{}", r.log_tail(40));
 
     // Promotion: the first archive_command (the timeline history file) removes the spool, and
     // the prefetcher has ended.
@@ -159,12 +161,23 @@ fn end_of_archive_and_a_detached_prefetcher() {
     // Disk use is bounded by the window (normally nothing is left: everything was served).
     assert!(spooled.iter().filter(|f| parse_segment_name(f).is_some()).count() <= 2, "spool beyond its window: {spooled:?}");
 
+    // After the first miss PostgreSQL asks for the last segment again: served again from the
+    // spool (checked against its digest), the same bytes, without the repository.
+    let kept = r.pg_wal().join(&last);
+    let _ = fs::remove_file(&kept);
+    fs::rename(&dest, &kept).unwrap(); // as PostgreSQL keeps a restored file
+    let again = two.fetch(&last, &dest);
+    again.assert_ok("fetch the last segment again");
+    assert!(again.stderr.contains("restored again from the prefetch spool"), "{again}");
+    assert_eq!(fs::read(&dest).unwrap(), fs::read(&kept).unwrap(), "served again, other bytes");
+
     // Promotion (the signal file gone) and the next push remove the spool.
     fs::remove_file(r.pgdata.join("recovery.signal")).unwrap();
     let mut push = postgres_command(archiver_bin());
     // `dest` holds `last`, as fetched above: pushing it again is "already archived".
     push.current_dir(&r.pgdata).arg("--config").arg(&two.config_path).arg("push").arg(format!("pg_wal/{last}"));
-    fs::rename(&dest, r.pg_wal().join(&last)).unwrap();
+    fs::remove_file(&kept).unwrap();
+    fs::rename(&dest, &kept).unwrap();
     give_to_postgres(&r.pg_wal().join(&last));
     run(push, COMMAND_TIMEOUT).assert_ok("push after promotion (already archived)");
     assert!(!spool.exists(), "push after promotion left the spool");

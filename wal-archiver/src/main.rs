@@ -19,7 +19,7 @@ use backup_core::pg::backup::restore::TargetAction;
 use backup_core::pg::backup::run::WalSummaries;
 use backup_core::pg::backup::BackupKind;
 use backup_core::pg::cluster::ClusterIdentity;
-use backup_core::pg::prefetch::{self, Spool};
+use backup_core::pg::prefetch::{self, Served, Spool};
 use backup_core::pg::wal::WalFileName;
 use backup_core::pg::repos::RepoSet;
 use backup_core::pg::PgRepo;
@@ -471,11 +471,15 @@ fn fetch(config_path: Option<&Path>, repo: Option<&str>, name: &str, dest: &Path
 fn serve_from_spool(spool: &Spool, name: &WalFileName, dest: &Path) -> bool {
     for attempt in 0..2 {
         match spool.take(name, dest) {
-            Ok(true) => {
+            Ok(Some(Served::Spooled)) => {
                 eprintln!("wal-archiver: {name} restored from the prefetch spool");
                 return true;
             }
-            Ok(false) => {}
+            Ok(Some(Served::Again)) => {
+                eprintln!("wal-archiver: {name} restored again from the prefetch spool (checked against its SHA-256)");
+                return true;
+            }
+            Ok(None) => {}
             Err(e) => {
                 eprintln!("wal-archiver: WARNING: {e}; fetching {name} from the repository instead");
                 return false;

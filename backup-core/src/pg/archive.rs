@@ -179,8 +179,9 @@ impl<'r> WalArchive<'r> {
 
     /// `restore_command`: write WAL file `name` to `dest`, atomically: the bytes go to a
     /// temporary file beside `dest`, which is renamed onto it only once authenticated and
-    /// digest-checked. `Err(FetchError::NotFound)` when the archive does not have it.
-    pub fn fetch(&self, name: &WalFileName, dest: &Path) -> Result<(), FetchError> {
+    /// digest-checked. `Err(FetchError::NotFound)` when the archive does not have it. Returns
+    /// the object's trailer: the plaintext's size and SHA-256, now checked.
+    pub fn fetch(&self, name: &WalFileName, dest: &Path) -> Result<crate::codec::Trailer, FetchError> {
         let key = name.object_key();
         let objects = self.repo.objects();
         let reader = match objects.storage().get(&objects.ctx(), &key) {
@@ -194,10 +195,11 @@ impl<'r> WalArchive<'r> {
             let file = File::create(&temp).map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e })?;
             let mut out = BufWriter::with_capacity(1 << 20, file);
             let mut input = BufReader::with_capacity(1 << 20, reader);
-            crate::codec::decode(&mut input, &mut out, &key, objects.keys())
+            let summary = crate::codec::decode(&mut input, &mut out, &key, objects.keys())
                 .map_err(|e| FetchError::Failed(PgRepoError::codec(&key, e)))?;
             out.into_inner().map_err(|e| FetchError::Write { path: temp.display().to_string(), cause: e.into_error() })?;
-            std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), cause: e })
+            std::fs::rename(&temp, dest).map_err(|e| FetchError::Write { path: dest.display().to_string(), cause: e })?;
+            Ok(summary.trailer)
         })();
         if result.is_err() {
             // Best effort: the temporary name is ours alone and the next fetch truncates it.

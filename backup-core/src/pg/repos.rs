@@ -312,15 +312,15 @@ impl RepoSet {
     }
 
     /// `restore_command`: write WAL file `name` to `dest` from the first repository that has
-    /// it; see the module docs for when it counts as missing. Returns the repository's name.
-    pub fn fetch(&mut self, name: &WalFileName, dest: &Path) -> Result<String, FetchError> {
+    /// it; see the module docs for when it counts as missing.
+    pub fn fetch(&mut self, name: &WalFileName, dest: &Path) -> Result<Fetched, FetchError> {
         let mut required_failure = None;
         let mut unasked = Vec::new();
         for i in 0..self.members.len() {
             let result = self.open(i).map_err(FetchError::from).and_then(|repo| repo.wal().fetch(name, dest));
             let m = &self.members[i].config;
             match result {
-                Ok(()) => return Ok(m.name.clone()),
+                Ok(trailer) => return Ok(Fetched { repo: m.name.clone(), trailer }),
                 Err(FetchError::NotFound(_)) => {}
                 Err(e) => {
                     let what = format!("repository {}: {}", m.name, report(&e));
@@ -340,6 +340,14 @@ impl RepoSet {
         }
         Err(FetchError::NotFound(name.to_string()))
     }
+}
+
+/// A WAL file [`RepoSet::fetch`] wrote: which repository it came from, and its trailer (size
+/// and SHA-256 of the plaintext, checked).
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    pub repo: String,
+    pub trailer: crate::codec::Trailer,
 }
 
 /// Every repository of the set belongs to the primary's cluster.

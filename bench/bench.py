@@ -49,7 +49,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import T_START, Terminated, env_int, fmt, log, on_signal, settle_machine  # noqa: E402
+from common import T_START, Terminated, env_int, fmt, free_pages_held, log, on_signal, settle_machine  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -1416,7 +1416,9 @@ def main(argv):
         f"{p['wal_segments']} WAL segments, {p['workers']} workers")
     ok = False
     try:
-        bench.run_all()
+        with free_pages_held() as held:
+            bench.results["free_page_reporting"] = held
+            bench.run_all()
         ok = True
     except (BenchError, KeyboardInterrupt, Terminated) as e:
         bench.results["status"] = "failed"

@@ -1,6 +1,8 @@
 """What the benchmark harnesses (bench.py, remote.py) share: the log line, environment knobs,
 a clean stop on SIGTERM/SIGHUP, and the settled machine every timed step starts from."""
 
+import contextlib
+
 import os
 import time
 
@@ -45,3 +47,35 @@ def settle_machine():
             break
         time.sleep(0.2)
     time.sleep(2.0)
+
+
+# Free page reporting (virtio-balloon): the guest hands free memory back to the host; with
+# this knob at 0 it does so at once, and every page the next step allocates (page cache for
+# the files it writes) is then a fault served by the host. Measured on this kind of machine
+# (bench/README.md, "Settling"): recoveries of the same WAL by the same tool took 5.4-15.8 s
+# with it at 0 (system time 1.7-11 s, falling through the run), 5.3-5.7 s with it held.
+PAGE_REPORTING_HOLD = "/sys/module/page_reporting/parameters/min_free_ms"
+
+
+@contextlib.contextmanager
+def free_pages_held(hold_ms=300_000):
+    """While the benchmark runs, freed memory stays with the guest for `hold_ms` (the knob's
+    maximum is 300 s) before it is reported to the host, so that no step pays for the previous
+    step's deletions in page faults; the setting is put back afterwards. Yields what was done,
+    for the results (None where the machine has no such knob, or it cannot be set)."""
+    try:
+        with open(PAGE_REPORTING_HOLD) as f:
+            before = f.read().strip()
+        with open(PAGE_REPORTING_HOLD, "w") as f:
+            f.write(str(hold_ms))
+    except OSError as e:
+        if os.path.exists(PAGE_REPORTING_HOLD):
+            log(f"free page reporting NOT held ({PAGE_REPORTING_HOLD}: {e}): figures may swing with memory churn")
+        yield None
+        return
+    log(f"free page reporting held: {PAGE_REPORTING_HOLD} {before} -> {hold_ms} for the run")
+    try:
+        yield {"knob": PAGE_REPORTING_HOLD, "was": before, "held_ms": hold_ms}
+    finally:
+        with open(PAGE_REPORTING_HOLD, "w") as f:
+            f.write(before)

@@ -27,7 +27,8 @@ HTTP, pgBackRest over TLS (self-signed, repo1-storage-verify-tls=n). Same hop fo
 
 Per rep, the tools of each figure run in an order rotated from a shuffle made with --seed
 (printed; given again, the same orders). Before every timed step: sync, until Dirty + Writeback
-stay under 16 MB, then two seconds of quiet. Ratios are per rep (ours / theirs of the same rep);
+stay under 16 MB, then two seconds of quiet; for the whole run freed memory stays in the guest
+(free page reporting held, common.free_pages_held), and one untimed recovery comes first. Ratios are per rep (ours / theirs of the same rep);
 the value reported is their median. CPU: user/system seconds of the tool's process tree where
 it is a child (backups, from /usr/bin/time), and for every step the machine's (/proc/stat)
 minus moto's and this harness's (the relays): the tool, PostgreSQL and anything else running.

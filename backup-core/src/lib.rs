@@ -34,6 +34,8 @@ pub(crate) use serde_as_string;
 pub mod codec;
 pub mod config;
 pub mod error;
+/// backup.health(): the checks over what the extension observed (pure policy).
+pub mod health;
 /// What a scheduler does about a job's due or missed runs (pure policy over [`schedule`]).
 pub mod jobs;
 pub mod keys;

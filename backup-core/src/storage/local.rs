@@ -16,6 +16,20 @@ use super::{
     PutOutcome, Storage, StorageError,
 };
 
+/// Bytes free (for an unprivileged writer) and in all on the filesystem holding `path`: what
+/// a local repository has room for.
+pub fn filesystem_space(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let block = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * block, st.f_blocks as u64 * block))
+}
+
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,

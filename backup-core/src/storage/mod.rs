@@ -49,7 +49,7 @@ use std::time::SystemTime;
 
 pub use ctx::{CancelToken, Ctx};
 pub use error::{BoxError, StorageError, StorageErrorKind};
-pub use local::LocalStorage;
+pub use local::{filesystem_space, LocalStorage};
 pub use cloud::{AzureCredentials, AzureLocation, CloudLocation, CloudStorage, GcsCredentials, GcsLocation};
 pub use https::HttpTimeouts;
 pub use s3::{S3Credentials, S3Location, S3Storage, S3Timeouts, Secret};

@@ -14,6 +14,13 @@ pub static MAX_RATE_KB: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static SCHEDULER: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static SCHEDULER_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static JOB_HISTORY_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
+// backup.health() thresholds (defaults: backup_core::health::Thresholds::default()).
+pub static HEALTH_ARCHIVE_LAG_WARNING_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static HEALTH_ARCHIVE_LAG_CRITICAL_S: GucSetting<i32> = GucSetting::<i32>::new(1800);
+pub static HEALTH_BACKUP_AGE_GRACE_S: GucSetting<i32> = GucSetting::<i32>::new(3600);
+pub static HEALTH_DURATION_FACTOR: GucSetting<f64> = GucSetting::<f64>::new(3.0);
+pub static HEALTH_SPACE_WARNING_PCT: GucSetting<f64> = GucSetting::<f64>::new(20.0);
+pub static HEALTH_SPACE_CRITICAL_PCT: GucSetting<f64> = GucSetting::<f64>::new(10.0);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -91,6 +98,29 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    for (name, short, setting, default_max) in [
+        (c"backup.health_archive_lag_warning", c"backup.health(): age of the oldest WAL file waiting for archive_command that is a warning.", &HEALTH_ARCHIVE_LAG_WARNING_S, 86400 * 30),
+        (c"backup.health_archive_lag_critical", c"backup.health(): age of the oldest WAL file waiting for archive_command that is critical.", &HEALTH_ARCHIVE_LAG_CRITICAL_S, 86400 * 30),
+        (c"backup.health_backup_age_grace", c"backup.health(): time past a job's schedule before its newest backup counts as too old.", &HEALTH_BACKUP_AGE_GRACE_S, 86400 * 30),
+    ] {
+        GucRegistry::define_int_guc(name, short, c"", setting, 0, default_max, GucContext::Sighup, GucFlags::UNIT_S);
+    }
+    GucRegistry::define_float_guc(
+        c"backup.health_duration_factor",
+        c"backup.health(): a backup taking more than this many times the median of the previous ones of its type is a performance degradation.",
+        c"",
+        &HEALTH_DURATION_FACTOR,
+        1.0,
+        1000.0,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    for (name, short, setting) in [
+        (c"backup.health_space_warning", c"backup.health(): percent free on a local repository's filesystem below which it is a warning.", &HEALTH_SPACE_WARNING_PCT),
+        (c"backup.health_space_critical", c"backup.health(): percent free on a local repository's filesystem below which it is critical.", &HEALTH_SPACE_CRITICAL_PCT),
+    ] {
+        GucRegistry::define_float_guc(name, short, c"", setting, 0.0, 100.0, GucContext::Sighup, GucFlags::default());
+    }
     // The product's variable is the default; postgresql.conf (a higher-priority source) wins.
     if let Ok(v) = std::env::var("BACKUP_SCHEDULER_ENABLED") {
         crate::postgres::set_config_default("backup.scheduler", &v);
@@ -102,6 +132,19 @@ pub fn open_repo() -> Result<backup_core::pg::PgRepo, String> {
     use backup_core::error::report;
     let config = load_config().map_err(|e| report(&e))?;
     backup_core::pg::PgRepo::open(&config).map_err(|e| report(&e))
+}
+
+/// The `backup.health_*` thresholds, as set now.
+pub fn health_thresholds() -> backup_core::health::Thresholds {
+    let secs = |g: &GucSetting<i32>| chrono::Duration::seconds(i64::from(g.get()));
+    backup_core::health::Thresholds {
+        archive_lag_warning: secs(&HEALTH_ARCHIVE_LAG_WARNING_S),
+        archive_lag_critical: secs(&HEALTH_ARCHIVE_LAG_CRITICAL_S),
+        backup_age_grace: secs(&HEALTH_BACKUP_AGE_GRACE_S),
+        duration_factor: HEALTH_DURATION_FACTOR.get(),
+        space_warning_pct: HEALTH_SPACE_WARNING_PCT.get(),
+        space_critical_pct: HEALTH_SPACE_CRITICAL_PCT.get(),
+    }
 }
 
 /// The database the scheduler works in.

@@ -6,6 +6,7 @@
 //! - [`gucs`]: `backup.*` settings;
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
 //! - [`catalog`]: every statement on the `backup.*` tables, and the enums of their columns;
+//! - [`health`]: what `backup.health()` and the scheduler's health job judge, gathered;
 //! - [`backup_worker`]: the background worker that takes a backup;
 //! - [`scheduler`]: the static worker that runs `backup.schedules` (backups, verify,
 //!   retention, health) by itself;
@@ -21,6 +22,7 @@ mod archive_module;
 mod backup_worker;
 mod catalog;
 mod gucs;
+mod health;
 mod postgres;
 mod scheduler;
 

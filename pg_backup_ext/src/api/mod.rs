@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
+mod health;
 mod repositories;
 mod schedules;
 

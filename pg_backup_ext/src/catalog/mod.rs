@@ -3,6 +3,7 @@
 //! `backup.schedules` and `backup.job_runs`. The table definitions are in `sql/bootstrap.sql`;
 //! the repository stays the truth and `resync` rebuilds the backups from it.
 
+pub mod health;
 pub mod jobs;
 
 use std::fmt;
@@ -233,17 +234,6 @@ pub fn has_backup_on_current_timeline() -> CatalogResult<bool> {
                            AND timeline = (SELECT timeline_id FROM pg_control_checkpoint()))",
     )?
     .unwrap_or(false))
-}
-
-/// Start time of the newest completed full backup.
-pub fn last_full_backup() -> CatalogResult<Option<(String, chrono::DateTime<chrono::Utc>)>> {
-    let (id, at) = Spi::get_two_with_args::<String, String>(
-        r#"SELECT b.id, to_char(b.start_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-           FROM (SELECT 1) one LEFT JOIN LATERAL (
-             SELECT id, start_time FROM backup.backups WHERE status = 'completed' AND type = 'full' ORDER BY id DESC LIMIT 1) b ON true"#,
-        &[],
-    )?;
-    Ok(id.zip(at.and_then(|a| chrono::DateTime::parse_from_rfc3339(&a).ok())).map(|(id, at)| (id, at.with_timezone(&chrono::Utc))))
 }
 
 /// Forget backup `id` (deleted from the repository) and log it.

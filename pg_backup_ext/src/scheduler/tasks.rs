@@ -4,14 +4,14 @@
 
 use backup_core::config::{Config, RepoConfig};
 use backup_core::error::report;
+use backup_core::health::Status;
 use backup_core::pg::backup::BackupId;
 use backup_core::pg::retention::{self, RetentionPolicy};
 use backup_core::pg::PgRepo;
-use backup_core::schedule::{JobKind, Schedule};
 use chrono::Utc;
 use pgrx::prelude::*;
 
-use crate::catalog::jobs::{self as runs, RunStatus};
+use crate::catalog::jobs::RunStatus;
 use crate::catalog::{self, EventLevel};
 use crate::gucs;
 use crate::postgres::bgworker::{transaction, SqlError};
@@ -213,79 +213,20 @@ pub fn copy(from: Option<&str>, to: Option<&str>) -> (RunStatus, String) {
     (RunStatus::Succeeded, format!("copied {} backup(s) to {to} ({bytes} bytes): {}", copied.len(), copied.join(", ")))
 }
 
-/// Every repository answers, and none is owed WAL (a best-effort one that was down: its
-/// off-site copy of the archive is behind until it catches up).
-fn repository_problems() -> Vec<String> {
-    let config = match gucs::load_config() {
-        Ok(c) => c,
-        Err(e) => return vec![report(&e)],
-    };
-    let mut problems = Vec::new();
-    let mut owed = Default::default();
-    for (i, rc) in config.repositories().iter().enumerate() {
-        match PgRepo::open_repo(&config, rc) {
-            Ok(repo) if i == 0 => match repo.wal().owed() {
-                Ok(o) => owed = o,
-                Err(e) => problems.push(format!("repository {}: {}", rc.name, report(&e))),
-            },
-            Ok(_) => {}
-            Err(e) => problems.push(format!("repository {} does not answer: {}", rc.name, report(&e))),
-        }
-    }
-    for (name, n) in owed {
-        problems.push(format!("{n} WAL file(s) are owed to best-effort repository {name} (archived while it was unreachable); they are copied there by the next archive_command that reaches it, or by wal-archiver catch-up"));
-    }
-    problems
-}
-
-/// The health job until the monitoring work brings its full set of checks: archiving works,
-/// the newest full backup is younger than its schedule allows, every repository answers and
-/// none is owed WAL.
+/// The health job: `backup.health()`'s checks; a warning or critical one fails the run, and
+/// the problems go to `backup.events`.
 pub fn health() -> (RunStatus, String) {
-    let checked = transaction(|| {
-        let archive_mode = Spi::get_one::<String>("SELECT current_setting('archive_mode')")?.unwrap_or_default();
-        let archiving = Spi::get_one::<String>(
-            "SELECT CASE WHEN last_failed_time IS NOT NULL AND last_failed_time > coalesce(last_archived_time, '-infinity')
-                         THEN format('archiving is failing: %s failed at %s (last success: %s); see the server log',
-                                     last_failed_wal, last_failed_time, coalesce(last_archived_time::text, 'never'))
-                    END
-               FROM pg_stat_archiver",
-        )?;
-        let jobs = runs::jobs()?;
-        let full = catalog::last_full_backup()?;
-        Ok((archive_mode, archiving, jobs, full))
-    });
-    let (archive_mode, archiving, jobs, full) = match checked {
-        Ok(v) => v,
+    let checks = match transaction(|| Ok(crate::health::checks()?)) {
+        Ok(c) => c,
         Err(e) => return failed(e.to_string()),
     };
-    let mut problems = Vec::new();
-    if archive_mode == "off" {
-        problems.push("archive_mode is off: no WAL reaches the repository, so no backup is restorable to any point after it".to_string());
-    }
-    problems.extend(archiving);
-    let now = Utc::now();
-    let full_job = jobs.iter().find(|j| j.enabled && j.kind == JobKind::Full);
-    let allowed = full_job.and_then(|j| Schedule::parse(&j.cron, &j.time_zone).ok()).and_then(|s| s.longest_interval(now));
-    match (&full, allowed) {
-        (None, _) => problems.push("no completed full backup: run SELECT backup.start_full()".to_string()),
-        (Some((id, at)), Some(allowed)) => {
-            // An hour's grace: a full backup takes time, and its run may wait in the queue.
-            if now - *at > allowed + chrono::Duration::hours(1) {
-                problems.push(format!("the newest full backup {id} started {at}, longer ago than its schedule allows ({} h)", allowed.num_hours()));
-            }
-        }
-        (Some(_), None) => {}
-    }
-    problems.extend(repository_problems());
+    let problems: Vec<String> = checks.iter().skip(1).filter(|c| c.status != Status::Ok).map(|c| format!("{} {}: {}", c.name, c.status, c.message)).collect();
     if problems.is_empty() {
-        let newest = full.map(|(id, at)| format!("; newest full backup {id} at {at}")).unwrap_or_default();
-        (RunStatus::Succeeded, format!("ok: archiving works{newest}"))
-    } else {
-        let message = problems.join("; ");
-        if let Err(e) = transaction(|| Ok(catalog::health_event(&message)?)) {
-            log!("pg_backup_ext scheduler: could not record the health problem: {e}");
-        }
-        failed(message)
+        return (RunStatus::Succeeded, format!("ok: {} checks", checks.len() - 1));
     }
+    let message = problems.join("; ");
+    if let Err(e) = transaction(|| Ok(catalog::health_event(&message)?)) {
+        log!("pg_backup_ext scheduler: could not record the health problem: {e}");
+    }
+    failed(message)
 }

@@ -1,0 +1,72 @@
+//! `backup.health()` and the scheduler's `health` job: gathers what the checks judge (the
+//! catalog's and the server's observations, the scheduled backup jobs' intervals, the scheduler
+//! worker, every repository) and hands it to [`backup_core::health`], where the policy is.
+
+use backup_core::config::Config;
+use backup_core::error::report;
+use backup_core::health::{self, Check, Freshness, RepositoryState};
+use backup_core::pg::PgRepo;
+use backup_core::schedule::{JobKind, Schedule};
+use chrono::Utc;
+use pgrx::prelude::*;
+
+use crate::catalog::{self, CatalogResult};
+use crate::{gucs, scheduler};
+
+/// Every check, the `overall` one first.
+pub fn checks() -> CatalogResult<Vec<Check>> {
+    let now = Utc::now();
+    let (mut o, newest_full, newest_any) = catalog::health::observations()?;
+    let jobs = catalog::jobs::jobs()?;
+    for kind in [JobKind::Full, JobKind::Incremental] {
+        // Of several jobs of a kind, the one with the shortest interval sets the bar.
+        let strictest = jobs
+            .iter()
+            .filter(|j| j.enabled && j.kind == kind)
+            .map(|j| (j, Schedule::parse(&j.cron, &j.time_zone).ok().and_then(|s| s.longest_interval(now)).map(|d| d.num_seconds())))
+            .min_by_key(|(_, interval)| interval.unwrap_or(i64::MAX));
+        if let Some((job, interval_s)) = strictest {
+            // A full backup also restarts what an incremental job keeps fresh.
+            let newest = if kind == JobKind::Full { &newest_full } else { &newest_any };
+            o.freshness.push(Freshness {
+                kind: kind.as_str().to_string(),
+                job: job.name.clone(),
+                interval_s,
+                newest_id: newest.as_ref().map(|n| n.id.clone()),
+                newest_start: newest.as_ref().map(|n| n.start_time),
+            });
+        }
+    }
+    o.scheduler_enabled = gucs::SCHEDULER.get();
+    o.scheduler_running = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = $1)", &[scheduler::WORKER_TYPE.into()])?.unwrap_or(false);
+    match gucs::load_config() {
+        Ok(config) => o.repositories = repositories(&config),
+        Err(e) => o.config_error = Some(report(&e)),
+    }
+    let mut checks = health::evaluate(&o, &gucs::health_thresholds(), now);
+    checks.insert(0, health::overall(&checks));
+    Ok(checks)
+}
+
+/// Each configured repository: does it answer, is it owed WAL, how full is its filesystem.
+fn repositories(config: &Config) -> Vec<RepositoryState> {
+    let mut states: Vec<RepositoryState> = Vec::new();
+    let mut owed = std::collections::BTreeMap::new();
+    for (i, rc) in config.repositories().iter().enumerate() {
+        let mut state = RepositoryState { name: rc.name.clone(), ..Default::default() };
+        match PgRepo::open_repo(config, rc) {
+            Ok(repo) if i == 0 => match repo.wal().owed() {
+                Ok(o) => owed = o,
+                Err(e) => state.error = Some(report(&e)),
+            },
+            Ok(_) => {}
+            Err(e) => state.error = Some(report(&e)),
+        }
+        state.space = rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok());
+        states.push(state);
+    }
+    for state in &mut states {
+        state.owed_wal = owed.get(&state.name).copied().unwrap_or(0);
+    }
+    states
+}

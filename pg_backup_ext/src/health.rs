@@ -8,10 +8,9 @@ use backup_core::health::{self, Check, Freshness, RepositoryState};
 use backup_core::pg::PgRepo;
 use backup_core::schedule::{JobKind, Schedule};
 use chrono::Utc;
-use pgrx::prelude::*;
 
 use crate::catalog::{self, CatalogResult};
-use crate::{gucs, scheduler};
+use crate::gucs;
 
 /// Every check, the `overall` one first.
 pub fn checks() -> CatalogResult<Vec<Check>> {
@@ -38,7 +37,7 @@ pub fn checks() -> CatalogResult<Vec<Check>> {
         }
     }
     o.scheduler_enabled = gucs::SCHEDULER.get();
-    o.scheduler_running = Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = $1)", &[scheduler::WORKER_TYPE.into()])?.unwrap_or(false);
+    o.scheduler_running = catalog::jobs::scheduler_running()?;
     match gucs::load_config() {
         Ok(config) => o.repositories = repositories(&config),
         Err(e) => o.config_error = Some(report(&e)),

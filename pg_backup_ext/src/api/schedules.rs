@@ -119,9 +119,7 @@ fn scheduler_status() -> TableIterator<
     let jobs = sql(runs::jobs());
     let last = sql(runs::last_runs());
     let baselines = sql(runs::baselines());
-    let running = gucs::SCHEDULER.get()
-        && sql(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = $1)", &[scheduler::WORKER_TYPE.into()]))
-            .unwrap_or(false);
+    let running = gucs::SCHEDULER.get() && sql(runs::scheduler_running());
     let now = Utc::now();
     let rows: Vec<_> = jobs
         .into_iter()

@@ -101,6 +101,14 @@ fn rows<T: serde::de::DeserializeOwned>(sql: &str, args: &[pgrx::datum::DatumWit
     Ok(serde_json::from_value(json).unwrap_or_else(|e| panic!("backup catalog row does not match its type: {e}")))
 }
 
+/// The scheduler worker's `backend_type` in `pg_stat_activity` (the name it registers with).
+pub const SCHEDULER_WORKER_TYPE: &str = "pg_backup_ext scheduler";
+
+/// Whether the scheduler worker runs now.
+pub fn scheduler_running() -> CatalogResult<bool> {
+    Ok(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = $1)", &[SCHEDULER_WORKER_TYPE.into()])?.unwrap_or(false))
+}
+
 /// Every job, by name.
 pub fn jobs() -> CatalogResult<Vec<Job>> {
     rows("SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.name), '[]') FROM backup.schedules s", &[])

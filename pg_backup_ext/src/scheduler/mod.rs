@@ -36,7 +36,7 @@ use crate::catalog::{self, BackupStatus};
 use crate::gucs;
 use crate::postgres::bgworker::{self, transaction, Liveness, SqlError, Worker};
 
-pub const WORKER_TYPE: &str = "pg_backup_ext scheduler";
+pub const WORKER_TYPE: &str = runs::SCHEDULER_WORKER_TYPE;
 
 /// How soon the postmaster starts the scheduler again after it exits with status 1 or crashes.
 pub const RESTART_AFTER: Duration = Duration::from_secs(5);

@@ -147,6 +147,34 @@ pub fn health_thresholds() -> backup_core::health::Thresholds {
     }
 }
 
+/// Every configured repository, in order, opened (or why it could not be), and what the primary
+/// notes as owed to each (WAL archived while a best-effort one was down). `backup.repositories()`
+/// and `backup.health()` both show this.
+pub fn open_all(config: &backup_core::config::Config) -> Opened {
+    use backup_core::error::report;
+    let repos: Vec<_> = config
+        .repositories()
+        .into_iter()
+        .map(|rc| {
+            let opened = backup_core::pg::PgRepo::open_repo(config, &rc).map_err(|e| report(&e));
+            (rc, opened)
+        })
+        .collect();
+    let owed = match repos.first() {
+        Some((_, Ok(primary))) => primary.wal().owed().map_err(|e| report(&e)),
+        Some((_, Err(e))) => Err(e.clone()),
+        None => Ok(Default::default()),
+    };
+    Opened { repos, owed }
+}
+
+/// What [`open_all`] found.
+pub struct Opened {
+    pub repos: Vec<(backup_core::config::RepoConfig, Result<backup_core::pg::PgRepo, String>)>,
+    /// By repository name; `Err` when the primary could not say.
+    pub owed: Result<std::collections::BTreeMap<String, u64>, String>,
+}
+
 /// The database the scheduler works in.
 pub fn scheduler_database() -> String {
     SCHEDULER_DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".to_string())

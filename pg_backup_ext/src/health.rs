@@ -5,7 +5,6 @@
 use backup_core::config::Config;
 use backup_core::error::report;
 use backup_core::health::{self, Check, Freshness, RepositoryState};
-use backup_core::pg::PgRepo;
 use backup_core::schedule::{JobKind, Schedule};
 use chrono::Utc;
 
@@ -49,23 +48,21 @@ pub fn checks() -> CatalogResult<Vec<Check>> {
 
 /// Each configured repository: does it answer, is it owed WAL, how full is its filesystem.
 fn repositories(config: &Config) -> Vec<RepositoryState> {
-    let mut states: Vec<RepositoryState> = Vec::new();
-    let mut owed = std::collections::BTreeMap::new();
-    for (i, rc) in config.repositories().iter().enumerate() {
-        let mut state = RepositoryState { name: rc.name.clone(), ..Default::default() };
-        match PgRepo::open_repo(config, rc) {
-            Ok(repo) if i == 0 => match repo.wal().owed() {
-                Ok(o) => owed = o,
-                Err(e) => state.error = Some(report(&e)),
+    let opened = gucs::open_all(config);
+    opened
+        .repos
+        .iter()
+        .enumerate()
+        .map(|(i, (rc, repo))| RepositoryState {
+            name: rc.name.clone(),
+            // The primary answering but unable to list its owed notes is its problem too.
+            error: match (repo, &opened.owed) {
+                (Err(e), _) => Some(e.clone()),
+                (Ok(_), Err(e)) if i == 0 => Some(e.clone()),
+                _ => None,
             },
-            Ok(_) => {}
-            Err(e) => state.error = Some(report(&e)),
-        }
-        state.space = rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok());
-        states.push(state);
-    }
-    for state in &mut states {
-        state.owed_wal = owed.get(&state.name).copied().unwrap_or(0);
-    }
-    states
+            space: rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok()),
+            owed_wal: opened.owed.as_ref().ok().and_then(|o| o.get(&rc.name).copied()).unwrap_or(0),
+        })
+        .collect()
 }

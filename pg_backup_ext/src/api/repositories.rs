@@ -75,22 +75,18 @@ fn repositories() -> TableIterator<
         name!(error, Option<String>),
     ),
 > {
-    let config = config();
-    let all = config.repositories();
+    let opened = gucs::open_all(&config());
     // Owed files are noted in the primary, by repository.
-    let primary = all.first().map(|rc| PgRepo::open_repo(&config, rc));
-    let owed = match &primary {
-        Some(Ok(p)) => p.wal().owed().ok(),
-        _ => None,
-    };
-    let rows: Vec<_> = all
+    let owed = opened.owed.ok();
+    let rows: Vec<_> = opened
+        .repos
         .iter()
         .enumerate()
-        .map(|(i, rc)| {
-            let opened = PgRepo::open_repo(&config, rc).and_then(|r| r.backups().completed_ids().map(|ids| ids.len() as i32));
-            let (reachable, backups, error) = match opened {
+        .map(|(i, (rc, repo))| {
+            let counted = repo.as_ref().map_err(Clone::clone).and_then(|r| r.backups().completed_ids().map(|ids| ids.len() as i32).map_err(|e| report(&e)));
+            let (reachable, backups, error) = match counted {
                 Ok(n) => (true, Some(n), None),
-                Err(e) => (false, None, Some(report(&e))),
+                Err(e) => (false, None, Some(e)),
             };
             let archive = match rc.wal {
                 backup_core::config::WalArchiving::Required => "required",

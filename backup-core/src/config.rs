@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::codec::Compression;
+use crate::health::Status;
 use crate::storage::{AzureCredentials, AzureLocation, GcsCredentials, GcsLocation, Location, S3Credentials, S3Location, Secret};
 use crate::storage::s3::{LockMode, ObjectLock};
 
@@ -59,6 +60,16 @@ pub struct Config {
     /// `pg_wal`, in parallel (`BACKUP_PREFETCH`); 0 turns prefetch off. Disk use: this many
     /// segments. See [`crate::pg::prefetch`].
     pub prefetch: u32,
+    /// Where alerts go (`[notifications]`): e-mail, Slack, SMS, a JSON webhook; off unless
+    /// `enabled`. Read apart from the rest of the file, because its variables may complete a
+    /// section the file only begins: see [`NotificationsConfig`].
+    #[serde(skip)]
+    pub notifications: NotificationsConfig,
+    /// Why `[notifications]` (or its variables) could not be used, if so. Kept apart rather
+    /// than failing the whole file: a typo in an SMTP setting must not stop `archive_command`.
+    /// The extension's health checks report it (and no alert can be sent until it is fixed).
+    #[serde(skip)]
+    pub notifications_error: Option<String>,
 }
 
 impl Default for Config {
@@ -78,6 +89,8 @@ impl Default for Config {
             fetch_retries: 3,
             fetch_retry_delay_ms: 1000,
             prefetch: 8,
+            notifications: NotificationsConfig::default(),
+            notifications_error: None,
         }
     }
 }
@@ -106,8 +119,14 @@ impl Config {
 
     /// Parse file text, then apply variables from `env`; validate the result.
     pub fn parse(text: &str, source: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut c: Config =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: source.to_string(), reason: e.message().to_string() })?;
+        let parse_error = |e: toml::de::Error| ConfigError::Parse { path: source.to_string(), reason: e.message().to_string() };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let notifications = table.remove("notifications");
+        let mut c: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
+        match NotificationsConfig::parse(notifications, source, &env) {
+            Ok(n) => c.notifications = n,
+            Err(e) => c.notifications_error = Some(crate::error::report(&e)),
+        }
         if let Some(v) = env("BACKUP_DIR") {
             c.repo_path = Some(PathBuf::from(v));
         }
@@ -550,6 +569,482 @@ fn remote_from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Option<RepoC
     Ok(Some(RepoConfig { name: "remote".to_string(), location, retention_days: None, wal }))
 }
 
+/// `[notifications]`: the channels alerts go through ([`crate::notify`] sends them). Nothing is
+/// sent unless `enabled` (`BACKUP_NOTIFICATIONS_ENABLED`); a section that is written must be
+/// complete either way, so that a mistake shows when the configuration is loaded rather than
+/// when the first alert fires.
+///
+/// The product's variables complete or override the file, section by section: any
+/// `BACKUP_SMTP_*` / `BACKUP_EMAIL_RECIPIENTS` starts an e-mail section, `BACKUP_SLACK_WEBHOOK_URL`
+/// a Slack one, `BACKUP_SMS_*` an SMS one, `BACKUP_WEBHOOK_URL` a webhook. `Debug` shows no
+/// password, token or webhook path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotificationsConfig {
+    pub enabled: bool,
+    pub email: Option<EmailConfig>,
+    pub slack: Option<SlackConfig>,
+    pub sms: Option<SmsConfig>,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `[notifications.email]`: one message to all recipients through an SMTP server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmailConfig {
+    /// Addresses, each `user@domain` or `Name <user@domain>`.
+    pub recipients: Vec<String>,
+    pub smtp_host: String,
+    /// Default by `tls`: 587, 465 or 25.
+    pub smtp_port: u16,
+    pub tls: SmtpTls,
+    pub login: Option<SmtpLogin>,
+    /// The sender, e.g. `pg_backup_ext <backup@db1.example.com>`.
+    pub from: String,
+    pub min_severity: Status,
+    pub tls_policy: TlsPolicy,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain connect, then `STARTTLS`, which must succeed before anything else is said.
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Implicit,
+    /// No TLS: only to a loopback host (a local relay).
+    None,
+}
+
+impl SmtpTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::StartTls => "starttls",
+            SmtpTls::Implicit => "tls",
+            SmtpTls::None => "none",
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::StartTls => 587,
+            SmtpTls::Implicit => 465,
+            SmtpTls::None => 25,
+        }
+    }
+}
+
+/// SMTP AUTH (PLAIN or LOGIN, whichever the server offers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmtpLogin {
+    pub username: String,
+    pub password: SecretSetting,
+}
+
+/// The TLS policy of the repositories, for a notification endpoint: TLS 1.3 unless
+/// `allow_tls12`, certificates verified against the system's roots or `ca_file` only.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub ca_file: Option<PathBuf>,
+    pub allow_tls12: bool,
+}
+
+/// `[notifications.slack]`: an incoming webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlackConfig {
+    /// `https://hooks.slack.com/services/...`: its path is the credential.
+    pub webhook_url: SecretUrl,
+    pub min_severity: Status,
+    pub tls_policy: TlsPolicy,
+}
+
+/// `[notifications.sms]`: a Twilio-style API (a form POST of `To`, `From`, `Body` with HTTP
+/// basic auth `account:token`), one request per number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmsConfig {
+    pub url: SecretUrl,
+    pub to: Vec<String>,
+    pub from: String,
+    pub account: String,
+    pub token: SecretSetting,
+    pub min_severity: Status,
+    pub tls_policy: TlsPolicy,
+}
+
+/// `[notifications.webhook]`: the notification as JSON, POSTed to `url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookConfig {
+    pub url: SecretUrl,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub bearer_token: Option<SecretSetting>,
+    pub min_severity: Status,
+    pub tls_policy: TlsPolicy,
+}
+
+/// A secret written in the configuration, or the file that holds it. The file is read each time
+/// the secret is used, so a rotated secret needs no restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSetting {
+    Value(Secret),
+    File(PathBuf),
+}
+
+impl SecretSetting {
+    /// The secret; from a file, without its trailing newline. The error names the file and says
+    /// what is wrong with it, never its content.
+    pub fn read(&self) -> Result<Secret, String> {
+        match self {
+            SecretSetting::Value(s) => Ok(s.clone()),
+            SecretSetting::File(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let secret = text.trim_end_matches(['\r', '\n']);
+                if secret.is_empty() {
+                    return Err(format!("{} is empty", path.display()));
+                }
+                Ok(Secret::new(secret))
+            }
+        }
+    }
+
+    /// `value` or `file` from a section, not both.
+    fn from_fields(section: &str, value: Option<String>, file: Option<PathBuf>, names: (&str, &str)) -> Result<Option<SecretSetting>, ConfigError> {
+        match (value.filter(|v| !v.is_empty()), file) {
+            (None, None) => Ok(None),
+            (Some(v), None) => Ok(Some(SecretSetting::Value(Secret::new(v)))),
+            (None, Some(f)) => Ok(Some(SecretSetting::File(f))),
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(format!("[notifications.{section}]: give {} or {}, not both", names.0, names.1))),
+        }
+    }
+}
+
+/// An endpoint URL whose path and query may be the credential (a Slack webhook's path is):
+/// `Debug` and [`SecretUrl::origin`] show only `scheme://host[:port]`. Checked like a
+/// repository endpoint: `https://`, plain `http://` only to a loopback address, no `user@`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Secret);
+
+impl SecretUrl {
+    /// `url`, checked; `what` names the setting in the error, which shows no more than the host.
+    pub fn new(url: &str, what: &str) -> Result<SecretUrl, String> {
+        let uri: http::Uri = url.parse().map_err(|_| format!("{what} is not a URL (expected https://host/...)"))?;
+        let Some(host) = uri.host().filter(|h| !h.is_empty()) else { return Err(format!("{what} has no host (expected https://host/...)")) };
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(format!("{what} must not hold credentials (user@ or user:password@ before {host}); use the section's token settings"));
+        }
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if crate::storage::https::is_loopback_host(host) => {}
+            Some("http") => {
+                return Err(format!("{what} is plain http:// to {host}; use https:// (plain HTTP is accepted only to loopback addresses)"))
+            }
+            _ => return Err(format!("{what} must start with https:// (host {host})")),
+        }
+        Ok(SecretUrl(Secret::new(url)))
+    }
+
+    /// The whole URL, to send a request to.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// `scheme://host[:port]`, safe to print.
+    pub fn origin(&self) -> String {
+        let uri: http::Uri = self.0.expose().parse().expect("checked when made");
+        format!("{}://{}", uri.scheme_str().unwrap_or("https"), self.host_port())
+    }
+
+    /// `host[:port]`, safe to print.
+    pub fn host_port(&self) -> String {
+        let uri: http::Uri = self.0.expose().parse().expect("checked when made");
+        let host = uri.host().unwrap_or_default();
+        match uri.port_u16() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/<redacted>", self.origin())
+    }
+}
+
+/// `[notifications]` as written. No `Debug`: it holds secrets as plain text.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationsEntry {
+    enabled: Option<bool>,
+    email: Option<EmailEntry>,
+    slack: Option<SlackEntry>,
+    sms: Option<SmsEntry>,
+    webhook: Option<WebhookEntry>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailEntry {
+    recipients: Option<Vec<String>>,
+    smtp_host: Option<String>,
+    smtp_port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    from: Option<String>,
+    min_severity: Option<String>,
+    ca_file: Option<PathBuf>,
+    allow_tls12: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackEntry {
+    webhook_url: Option<String>,
+    min_severity: Option<String>,
+    ca_file: Option<PathBuf>,
+    allow_tls12: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmsEntry {
+    url: Option<String>,
+    to: Option<Vec<String>>,
+    from: Option<String>,
+    account: Option<String>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    min_severity: Option<String>,
+    ca_file: Option<PathBuf>,
+    allow_tls12: Option<bool>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookEntry {
+    url: Option<String>,
+    bearer_token: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    min_severity: Option<String>,
+    ca_file: Option<PathBuf>,
+    allow_tls12: Option<bool>,
+}
+
+impl NotificationsConfig {
+    /// The `[notifications]` table of the file named `source` (if any), then the variables.
+    fn parse(table: Option<toml::Value>, source: &str, env: &impl Fn(&str) -> Option<String>) -> Result<NotificationsConfig, ConfigError> {
+        let mut entry: NotificationsEntry = match table {
+            Some(t) => t.try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: source.to_string(),
+                reason: format!("[notifications]: {}", e.message()),
+            })?,
+            None => NotificationsEntry::default(),
+        };
+        if let Some(v) = env("BACKUP_NOTIFICATIONS_ENABLED") {
+            entry.enabled = Some(parse_bool("BACKUP_NOTIFICATIONS_ENABLED", &v)?);
+        }
+        let list = |v: String| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
+
+        let email_vars = ["BACKUP_EMAIL_RECIPIENTS", "BACKUP_SMTP_HOST", "BACKUP_SMTP_PORT", "BACKUP_SMTP_USER", "BACKUP_SMTP_PASSWORD", "BACKUP_SMTP_FROM", "BACKUP_SMTP_TLS"];
+        if email_vars.iter().any(|v| env(v).is_some()) {
+            let e = entry.email.get_or_insert_with(EmailEntry::default);
+            if let Some(v) = env("BACKUP_EMAIL_RECIPIENTS") {
+                e.recipients = Some(list(v));
+            }
+            if let Some(v) = env("BACKUP_SMTP_HOST") {
+                e.smtp_host = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMTP_PORT") {
+                e.smtp_port = Some(v.parse().ok().filter(|p| *p != 0).ok_or_else(|| ConfigError::env("BACKUP_SMTP_PORT", &v, "a port number 1-65535"))?);
+            }
+            if let Some(v) = env("BACKUP_SMTP_TLS") {
+                e.tls = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMTP_USER") {
+                e.username = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMTP_PASSWORD") {
+                (e.password, e.password_file) = (Some(v), None);
+            }
+            if let Some(v) = env("BACKUP_SMTP_FROM") {
+                e.from = Some(v);
+            }
+        }
+        if let Some(v) = env("BACKUP_SLACK_WEBHOOK_URL") {
+            entry.slack.get_or_insert_with(SlackEntry::default).webhook_url = Some(v);
+        }
+        let sms_vars = ["BACKUP_SMS_URL", "BACKUP_SMS_TO", "BACKUP_SMS_FROM", "BACKUP_SMS_ACCOUNT", "BACKUP_SMS_TOKEN"];
+        if sms_vars.iter().any(|v| env(v).is_some()) {
+            let s = entry.sms.get_or_insert_with(SmsEntry::default);
+            if let Some(v) = env("BACKUP_SMS_URL") {
+                s.url = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMS_TO") {
+                s.to = Some(list(v));
+            }
+            if let Some(v) = env("BACKUP_SMS_FROM") {
+                s.from = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMS_ACCOUNT") {
+                s.account = Some(v);
+            }
+            if let Some(v) = env("BACKUP_SMS_TOKEN") {
+                (s.token, s.token_file) = (Some(v), None);
+            }
+        }
+        if let Some(v) = env("BACKUP_WEBHOOK_URL") {
+            entry.webhook.get_or_insert_with(WebhookEntry::default).url = Some(v);
+        }
+
+        Ok(NotificationsConfig {
+            enabled: entry.enabled.unwrap_or(false),
+            email: entry.email.map(EmailEntry::validate).transpose()?,
+            slack: entry.slack.map(SlackEntry::validate).transpose()?,
+            sms: entry.sms.map(SmsEntry::validate).transpose()?,
+            webhook: entry.webhook.map(WebhookEntry::validate).transpose()?,
+        })
+    }
+}
+
+/// A required setting of `[notifications.<section>]`; the error names it, its variable (if it
+/// has one) and what it is for.
+fn required(section: &str, value: Option<String>, field: &str, var: Option<&str>, what: &str) -> Result<String, ConfigError> {
+    value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        let var = var.map(|v| format!(" ({v})")).unwrap_or_default();
+        ConfigError::Invalid(format!("[notifications.{section}] needs {field}{var}: {what}"))
+    })
+}
+
+fn min_severity(section: &str, value: Option<String>, default: Status) -> Result<Status, ConfigError> {
+    match value.as_deref() {
+        None => Ok(default),
+        Some("warning") => Ok(Status::Warning),
+        Some("critical") => Ok(Status::Critical),
+        Some(other) => Err(ConfigError::Invalid(format!("[notifications.{section}] min_severity = {other:?}; use \"warning\" or \"critical\""))),
+    }
+}
+
+fn endpoint_url(section: &str, url: String, field: &str, var: Option<&str>) -> Result<SecretUrl, ConfigError> {
+    let what = match var {
+        Some(var) => format!("[notifications.{section}] {field} ({var})"),
+        None => format!("[notifications.{section}] {field}"),
+    };
+    SecretUrl::new(url.trim(), &what).map_err(ConfigError::Invalid)
+}
+
+/// An e-mail address as lettre will take it (`user@domain` or `Name <user@domain>`).
+fn mailbox(field: &str, var: &str, address: &str) -> Result<(), ConfigError> {
+    address.parse::<lettre::message::Mailbox>().map(|_| ()).map_err(|e| {
+        ConfigError::Invalid(format!("[notifications.email] {field} ({var}): {address:?} is not an e-mail address ({e}); write user@domain or \"Name <user@domain>\""))
+    })
+}
+
+impl EmailEntry {
+    fn validate(self) -> Result<EmailConfig, ConfigError> {
+        let s = "email";
+        let recipients = self.recipients.unwrap_or_default();
+        if recipients.is_empty() {
+            return Err(ConfigError::Invalid(
+                "[notifications.email] needs recipients (BACKUP_EMAIL_RECIPIENTS, comma-separated): who receives the alerts, e.g. recipients = [\"dba@example.com\"]".into(),
+            ));
+        }
+        for r in &recipients {
+            mailbox("recipients", "BACKUP_EMAIL_RECIPIENTS", r)?;
+        }
+        let smtp_host = required(s, self.smtp_host, "smtp_host", Some("BACKUP_SMTP_HOST"), "the SMTP server to send through, e.g. smtp.example.com")?.trim().to_string();
+        let from = required(s, self.from, "from", Some("BACKUP_SMTP_FROM"), "the sender, e.g. from = \"pg_backup_ext <backup@db1.example.com>\"")?;
+        mailbox("from", "BACKUP_SMTP_FROM", &from)?;
+        let tls = match self.tls.as_deref() {
+            None | Some("starttls") => SmtpTls::StartTls,
+            Some("tls") => SmtpTls::Implicit,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "[notifications.email] tls (BACKUP_SMTP_TLS) = {other:?}; use \"starttls\" (port 587), \"tls\" (implicit TLS, port 465) or \"none\" (a relay on this machine only)"
+                )))
+            }
+        };
+        if tls == SmtpTls::None && !crate::storage::https::is_loopback_host(&smtp_host) {
+            return Err(ConfigError::Invalid(format!(
+                "[notifications.email] tls = \"none\" would send mail (and any password) to {smtp_host} in clear text; it is accepted only for a relay on this machine (localhost, 127.0.0.1, ::1): use tls = \"starttls\" or \"tls\""
+            )));
+        }
+        let smtp_port = match self.smtp_port {
+            Some(0) => return Err(ConfigError::Invalid("[notifications.email] smtp_port 0 is not a port".into())),
+            Some(p) => p,
+            None => tls.default_port(),
+        };
+        let password = SecretSetting::from_fields(s, self.password, self.password_file, ("password (BACKUP_SMTP_PASSWORD)", "password_file"))?;
+        let login = match (self.username.filter(|u| !u.is_empty()), password) {
+            (None, None) => None,
+            (Some(username), Some(password)) => Some(SmtpLogin { username, password }),
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "[notifications.email] username (BACKUP_SMTP_USER) needs password (BACKUP_SMTP_PASSWORD) or password_file".into(),
+                ))
+            }
+            (None, Some(_)) => return Err(ConfigError::Invalid("[notifications.email] a password needs its username (BACKUP_SMTP_USER)".into())),
+        };
+        Ok(EmailConfig {
+            recipients,
+            smtp_host,
+            smtp_port,
+            tls,
+            login,
+            from,
+            min_severity: min_severity(s, self.min_severity, Status::Warning)?,
+            tls_policy: TlsPolicy { ca_file: self.ca_file, allow_tls12: self.allow_tls12.unwrap_or(false) },
+        })
+    }
+}
+
+impl SlackEntry {
+    fn validate(self) -> Result<SlackConfig, ConfigError> {
+        let url = required("slack", self.webhook_url, "webhook_url", Some("BACKUP_SLACK_WEBHOOK_URL"), "the incoming webhook's URL, https://hooks.slack.com/services/...")?;
+        Ok(SlackConfig {
+            webhook_url: endpoint_url("slack", url, "webhook_url", Some("BACKUP_SLACK_WEBHOOK_URL"))?,
+            min_severity: min_severity("slack", self.min_severity, Status::Critical)?,
+            tls_policy: TlsPolicy { ca_file: self.ca_file, allow_tls12: self.allow_tls12.unwrap_or(false) },
+        })
+    }
+}
+
+impl SmsEntry {
+    fn validate(self) -> Result<SmsConfig, ConfigError> {
+        let s = "sms";
+        let url = required(s, self.url, "url", Some("BACKUP_SMS_URL"), "the messages API, e.g. https://api.twilio.com/2010-04-01/Accounts/<account>/Messages.json")?;
+        let to = self.to.unwrap_or_default();
+        if to.is_empty() {
+            return Err(ConfigError::Invalid("[notifications.sms] needs to (BACKUP_SMS_TO, comma-separated): the numbers to text, e.g. to = [\"+15550100\"]".into()));
+        }
+        let from = required(s, self.from, "from", Some("BACKUP_SMS_FROM"), "the sending number")?;
+        let account = required(s, self.account, "account", Some("BACKUP_SMS_ACCOUNT"), "the API account (the user of HTTP basic auth)")?;
+        let token = SecretSetting::from_fields(s, self.token, self.token_file, ("token (BACKUP_SMS_TOKEN)", "token_file"))?
+            .ok_or_else(|| ConfigError::Invalid("[notifications.sms] needs token (BACKUP_SMS_TOKEN) or token_file: the API's auth token".into()))?;
+        Ok(SmsConfig {
+            url: endpoint_url(s, url, "url", Some("BACKUP_SMS_URL"))?,
+            to,
+            from,
+            account,
+            token,
+            min_severity: min_severity(s, self.min_severity, Status::Critical)?,
+            tls_policy: TlsPolicy { ca_file: self.ca_file, allow_tls12: self.allow_tls12.unwrap_or(false) },
+        })
+    }
+}
+
+impl WebhookEntry {
+    fn validate(self) -> Result<WebhookConfig, ConfigError> {
+        let s = "webhook";
+        let url = required(s, self.url, "url", Some("BACKUP_WEBHOOK_URL"), "where the JSON is POSTed, e.g. https://ops.example.com/hooks/backup")?;
+        Ok(WebhookConfig {
+            url: endpoint_url(s, url, "url", Some("BACKUP_WEBHOOK_URL"))?,
+            bearer_token: SecretSetting::from_fields(s, self.bearer_token, self.bearer_token_file, ("bearer_token", "bearer_token_file"))?,
+            min_severity: min_severity(s, self.min_severity, Status::Warning)?,
+            tls_policy: TlsPolicy { ca_file: self.ca_file, allow_tls12: self.allow_tls12.unwrap_or(false) },
+        })
+    }
+}
+
 fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "on" | "yes" => Ok(true),
@@ -912,5 +1407,210 @@ mod tests {
         assert!(e.contains("forever") && e.contains("compliance"), "{e}");
         let e = lock("object_lock_days = 10\n").unwrap_err().to_string();
         assert!(e.contains("object_lock_days needs object_lock"), "{e}");
+    }
+
+    const EMAIL: &str = "[notifications]\nenabled = true\n[notifications.email]\nrecipients = [\"admin@example.com\"]\nsmtp_host = \"smtp.example.com\"\nfrom = \"pg_backup_ext <backup@db1.example.com>\"\n";
+
+    fn notifications(text: &str) -> Result<NotificationsConfig, String> {
+        let c = Config::parse(text, "/etc/x.conf", no_env).map_err(|e| e.to_string())?;
+        // The rest of the file stays usable whatever the section says.
+        match c.notifications_error {
+            Some(e) => Err(e),
+            None => Ok(c.notifications),
+        }
+    }
+
+    #[test]
+    fn notifications_are_off_by_default() {
+        let c = Config::parse("", "t", no_env).unwrap();
+        assert_eq!(c.notifications, NotificationsConfig::default());
+        assert!(!c.notifications.enabled);
+        let off = notifications(&EMAIL.replace("enabled = true", "enabled = false")).unwrap();
+        assert!(!off.enabled && off.email.is_some(), "a disabled section is still read");
+        assert!(!notifications("[notifications]\n").unwrap().enabled);
+    }
+
+    #[test]
+    fn notification_channels_parse_with_defaults() {
+        let n = notifications(EMAIL).unwrap();
+        assert!(n.enabled);
+        let email = n.email.unwrap();
+        assert_eq!(email.recipients, ["admin@example.com"]);
+        assert_eq!((email.smtp_host.as_str(), email.smtp_port, email.tls), ("smtp.example.com", 587, SmtpTls::StartTls));
+        assert_eq!(email.from, "pg_backup_ext <backup@db1.example.com>");
+        assert_eq!(email.min_severity, Status::Warning);
+        assert_eq!(email.login, None);
+        assert_eq!(email.tls_policy, TlsPolicy { ca_file: None, allow_tls12: false });
+        let implicit = notifications(&format!("{EMAIL}tls = \"tls\"\n")).unwrap().email.unwrap();
+        assert_eq!((implicit.tls, implicit.smtp_port), (SmtpTls::Implicit, 465));
+        let full = format!(
+            "{EMAIL}smtp_port = 2525\nusername = \"backup\"\npassword_file = \"/etc/pg_backup_ext/smtp.pass\"\nmin_severity = \"critical\"\nallow_tls12 = true\nca_file = \"/etc/ca.pem\"\n"
+        );
+        let email = notifications(&full).unwrap().email.unwrap();
+        assert_eq!(email.smtp_port, 2525);
+        assert_eq!(email.login, Some(SmtpLogin { username: "backup".into(), password: SecretSetting::File("/etc/pg_backup_ext/smtp.pass".into()) }));
+        assert_eq!(email.min_severity, Status::Critical);
+        assert_eq!(email.tls_policy, TlsPolicy { ca_file: Some("/etc/ca.pem".into()), allow_tls12: true });
+
+        let others = "[notifications]\nenabled = true\n\
+            [notifications.slack]\nwebhook_url = \"https://hooks.slack.com/services/T0/B0/abc\"\n\
+            [notifications.sms]\nurl = \"https://api.twilio.com/2010-04-01/Accounts/ACxx/Messages.json\"\nto = [\"+84900000001\"]\nfrom = \"+15550199\"\naccount = \"ACxx\"\ntoken_file = \"/etc/pg_backup_ext/sms.token\"\n\
+            [notifications.webhook]\nurl = \"https://ops.example.com/hooks/backup\"\nbearer_token = \"b\"\nmin_severity = \"critical\"\n";
+        let n = notifications(others).unwrap();
+        let slack = n.slack.unwrap();
+        assert_eq!((slack.webhook_url.expose(), slack.min_severity), ("https://hooks.slack.com/services/T0/B0/abc", Status::Critical));
+        let sms = n.sms.unwrap();
+        assert_eq!((sms.to.as_slice(), sms.from.as_str(), sms.account.as_str()), (&["+84900000001".to_string()][..], "+15550199", "ACxx"));
+        assert_eq!((sms.token, sms.min_severity), (SecretSetting::File("/etc/pg_backup_ext/sms.token".into()), Status::Critical));
+        let webhook = n.webhook.unwrap();
+        assert_eq!(webhook.url.origin(), "https://ops.example.com");
+        assert_eq!((webhook.bearer_token, webhook.min_severity), (Some(SecretSetting::Value(Secret::new("b"))), Status::Critical));
+        assert!(n.email.is_none());
+    }
+
+    #[test]
+    fn notification_variables_complete_and_override_the_file() {
+        let env = |k: &str| {
+            match k {
+                "BACKUP_NOTIFICATIONS_ENABLED" => Some("true"),
+                "BACKUP_EMAIL_RECIPIENTS" => Some("a@example.com, b@example.com,"),
+                "BACKUP_SMTP_HOST" => Some("mail.internal"),
+                "BACKUP_SMTP_PORT" => Some("465"),
+                "BACKUP_SMTP_TLS" => Some("tls"),
+                "BACKUP_SMTP_USER" => Some("backup"),
+                "BACKUP_SMTP_PASSWORD" => Some("env-password"),
+                "BACKUP_SMTP_FROM" => Some("backup@db1.example.com"),
+                "BACKUP_SLACK_WEBHOOK_URL" => Some("https://hooks.slack.com/services/T1/B1/envsecret"),
+                "BACKUP_SMS_URL" => Some("https://sms.example.com/send"),
+                "BACKUP_SMS_TO" => Some("+1555,+1556"),
+                "BACKUP_SMS_FROM" => Some("+1999"),
+                "BACKUP_SMS_ACCOUNT" => Some("acct"),
+                "BACKUP_SMS_TOKEN" => Some("sms-token"),
+                "BACKUP_WEBHOOK_URL" => Some("https://ops.example.com/in"),
+                _ => None,
+            }
+            .map(String::from)
+        };
+        // The file begins the e-mail section (and a password file the variable replaces).
+        let file = "[notifications.email]\nmin_severity = \"critical\"\npassword_file = \"/etc/old.pass\"\nsmtp_host = \"smtp.example.com\"\n";
+        let n = Config::parse(file, "t", env).unwrap().notifications;
+        assert!(n.enabled);
+        let email = n.email.unwrap();
+        assert_eq!(email.recipients, ["a@example.com", "b@example.com"]);
+        assert_eq!((email.smtp_host.as_str(), email.smtp_port, email.tls), ("mail.internal", 465, SmtpTls::Implicit));
+        assert_eq!(email.login, Some(SmtpLogin { username: "backup".into(), password: SecretSetting::Value(Secret::new("env-password")) }));
+        assert_eq!((email.from.as_str(), email.min_severity), ("backup@db1.example.com", Status::Critical));
+        assert_eq!(n.slack.unwrap().webhook_url.expose(), "https://hooks.slack.com/services/T1/B1/envsecret");
+        let sms = n.sms.unwrap();
+        assert_eq!((sms.to, sms.token), (vec!["+1555".to_string(), "+1556".to_string()], SecretSetting::Value(Secret::new("sms-token"))));
+        assert_eq!(n.webhook.unwrap().url.expose(), "https://ops.example.com/in");
+
+        // Variables alone make a section; enabled = true in the file may be turned off.
+        let only_slack = |k: &str| (k == "BACKUP_SLACK_WEBHOOK_URL").then(|| "https://hooks.slack.com/services/x".to_string());
+        let n = Config::parse("[notifications]\nenabled = true\n", "t", only_slack).unwrap().notifications;
+        assert!(n.enabled && n.slack.is_some() && n.email.is_none() && n.sms.is_none());
+        let off = |k: &str| (k == "BACKUP_NOTIFICATIONS_ENABLED").then(|| "off".to_string());
+        assert!(!Config::parse("[notifications]\nenabled = true\n", "t", off).unwrap().notifications.enabled);
+        // Errors are kept beside a usable configuration (archiving goes on), not raised.
+        let e = Config::parse("", "t", |k| (k == "BACKUP_NOTIFICATIONS_ENABLED").then(|| "sometimes".into())).unwrap().notifications_error.unwrap();
+        assert!(e.contains("BACKUP_NOTIFICATIONS_ENABLED=\"sometimes\""), "{e}");
+        let e = Config::parse(EMAIL, "t", |k| (k == "BACKUP_SMTP_PORT").then(|| "smtp".into())).unwrap().notifications_error.unwrap();
+        assert!(e.contains("BACKUP_SMTP_PORT=\"smtp\"") && e.contains("port number"), "{e}");
+    }
+
+    #[test]
+    fn notification_errors_name_the_missing_setting() {
+        let err = |text: &str| notifications(text).unwrap_err();
+        let e = err("[notifications.email]\nsmtp_host = \"smtp.example.com\"\nfrom = \"a@b.example\"\n");
+        assert!(e.contains("[notifications.email] needs recipients (BACKUP_EMAIL_RECIPIENTS"), "{e}");
+        let e = err("[notifications.email]\nrecipients = [\"a@example.com\"]\nfrom = \"a@b.example\"\n");
+        assert!(e.contains("[notifications.email] needs smtp_host (BACKUP_SMTP_HOST)"), "{e}");
+        let e = err(&EMAIL.replace("from = \"pg_backup_ext <backup@db1.example.com>\"\n", ""));
+        assert!(e.contains("needs from (BACKUP_SMTP_FROM)"), "{e}");
+        let e = err(&EMAIL.replace("admin@example.com", "admin at example"));
+        assert!(e.contains("recipients") && e.contains("\"admin at example\" is not an e-mail address"), "{e}");
+        let e = err(&format!("{EMAIL}username = \"backup\"\n"));
+        assert!(e.contains("username (BACKUP_SMTP_USER) needs password (BACKUP_SMTP_PASSWORD) or password_file"), "{e}");
+        let e = err(&format!("{EMAIL}password = \"p\"\n"));
+        assert!(e.contains("a password needs its username"), "{e}");
+        let e = err(&format!("{EMAIL}username = \"u\"\npassword = \"p\"\npassword_file = \"/f\"\n"));
+        assert!(e.contains("give password (BACKUP_SMTP_PASSWORD) or password_file, not both"), "{e}");
+        let e = err(&format!("{EMAIL}tls = \"ssl\"\n"));
+        assert!(e.contains("tls (BACKUP_SMTP_TLS) = \"ssl\"") && e.contains("\"starttls\""), "{e}");
+        let e = err(&format!("{EMAIL}min_severity = \"ok\"\n"));
+        assert!(e.contains("min_severity = \"ok\"; use \"warning\" or \"critical\""), "{e}");
+        let e = err(&format!("{EMAIL}smtp_hots = \"x\"\n"));
+        assert!(e.contains("/etc/x.conf") && e.contains("[notifications]") && e.contains("smtp_hots"), "{e}");
+        let e = err("[notifications]\nenable = true\n");
+        assert!(e.contains("enable"), "{e}");
+
+        let e = err("[notifications.slack]\nmin_severity = \"warning\"\n");
+        assert!(e.contains("[notifications.slack] needs webhook_url (BACKUP_SLACK_WEBHOOK_URL)"), "{e}");
+        let e = err("[notifications.sms]\nurl = \"https://sms.example.com/x\"\nto = [\"+1\"]\nfrom = \"+2\"\naccount = \"a\"\n");
+        assert!(e.contains("[notifications.sms] needs token (BACKUP_SMS_TOKEN) or token_file"), "{e}");
+        let e = err("[notifications.sms]\nurl = \"https://sms.example.com/x\"\nfrom = \"+2\"\naccount = \"a\"\ntoken = \"t\"\n");
+        assert!(e.contains("[notifications.sms] needs to (BACKUP_SMS_TO"), "{e}");
+        let e = err("[notifications.sms]\nurl = \"https://sms.example.com/x\"\nto = [\"+1\"]\nfrom = \"+2\"\ntoken = \"t\"\n");
+        assert!(e.contains("[notifications.sms] needs account (BACKUP_SMS_ACCOUNT)"), "{e}");
+        let e = err("[notifications.webhook]\nbearer_token = \"t\"\n");
+        assert!(e.contains("[notifications.webhook] needs url (BACKUP_WEBHOOK_URL)"), "{e}");
+        let e = err("[notifications.webhook]\nurl = \"https://ops.example.com/x\"\nbearer_token = \"t\"\nbearer_token_file = \"/t\"\n");
+        assert!(e.contains("bearer_token or bearer_token_file, not both"), "{e}");
+    }
+
+    #[test]
+    fn notification_endpoints_must_be_protected() {
+        let err = |text: &str| notifications(text).unwrap_err();
+        let e = err(&format!("{EMAIL}tls = \"none\"\n"));
+        assert!(e.contains("tls = \"none\"") && e.contains("smtp.example.com in clear text") && e.contains("only for a relay on this machine"), "{e}");
+        for local in ["localhost", "127.0.0.1", "::1"] {
+            let email = notifications(&format!("{}tls = \"none\"\n", EMAIL.replace("smtp.example.com", local))).unwrap().email.unwrap();
+            assert_eq!((email.tls, email.smtp_port), (SmtpTls::None, 25));
+        }
+        let e = err("[notifications.slack]\nwebhook_url = \"http://hooks.example.com/services/T0/B0/plainsecret\"\n");
+        assert!(e.contains("webhook_url (BACKUP_SLACK_WEBHOOK_URL) is plain http:// to hooks.example.com; use https://"), "{e}");
+        assert!(!e.contains("plainsecret"), "{e}");
+        let e = err("[notifications.webhook]\nurl = \"https://user:pw-secret@ops.example.com/x\"\n");
+        assert!(e.contains("must not hold credentials") && !e.contains("pw-secret"), "{e}");
+        let e = err("[notifications.webhook]\nurl = \"ftp://ops.example.com/x-secret\"\n");
+        assert!(e.contains("must start with https://") && !e.contains("x-secret"), "{e}");
+        let e = err("[notifications.webhook]\nurl = \"not a url\"\n");
+        assert!(e.contains("url (BACKUP_WEBHOOK_URL) is not a URL"), "{e}");
+        assert!(notifications("[notifications.webhook]\nurl = \"http://127.0.0.1:8080/in\"\n").is_ok());
+        assert!(notifications("[notifications.webhook]\nurl = \"http://[::1]:8080/in\"\n").is_ok());
+    }
+
+    #[test]
+    fn notification_secrets_never_show() {
+        let text = "[notifications]\nenabled = true\n\
+            [notifications.email]\nrecipients = [\"a@example.com\"]\nsmtp_host = \"smtp.example.com\"\nfrom = \"b@example.com\"\nusername = \"u\"\npassword = \"smtp-pa55word\"\n\
+            [notifications.slack]\nwebhook_url = \"https://hooks.slack.com/services/T0/B0/slack-s3cret\"\n\
+            [notifications.sms]\nurl = \"https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json\"\nto = [\"+1\"]\nfrom = \"+2\"\naccount = \"AC1\"\ntoken = \"sms-t0ken\"\n\
+            [notifications.webhook]\nurl = \"https://ops.example.com/in?key=hook-k3y\"\nbearer_token = \"bearer-t0ken\"\n";
+        let c = Config::parse(text, "t", no_env).unwrap();
+        for shown in [format!("{c:?}"), format!("{c:#?}"), format!("{:?}", c.notifications)] {
+            for secret in ["smtp-pa55word", "slack-s3cret", "/services/", "sms-t0ken", "hook-k3y", "bearer-t0ken"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("https://hooks.slack.com/<redacted>"), "{shown}");
+        }
+        // A parse error in the same section does not echo them either.
+        let e = Config::parse(&format!("{text}allow_tls12 = \"yes\"\n"), "t", no_env).unwrap().notifications_error.unwrap();
+        for secret in ["bearer-t0ken", "hook-k3y"] {
+            assert!(!e.contains(secret), "{e}");
+        }
+        assert_eq!(c.notifications.slack.unwrap().webhook_url.host_port(), "hooks.slack.com");
+    }
+
+    #[test]
+    fn secret_files_are_read_when_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken\n").unwrap();
+        assert_eq!(SecretSetting::File(file.clone()).read().unwrap(), Secret::new("t0ken"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(SecretSetting::File(file.clone()).read().unwrap_err().contains("is empty"));
+        let e = SecretSetting::File(dir.path().join("missing")).read().unwrap_err();
+        assert!(e.contains("cannot read") && e.contains("missing"), "{e}");
     }
 }

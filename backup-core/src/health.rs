@@ -9,9 +9,10 @@
 //! status is the worst of them.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     Warning,
@@ -28,6 +29,18 @@ impl Status {
     }
 }
 
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Status, String> {
+        match s {
+            "ok" => Ok(Status::Ok),
+            "warning" => Ok(Status::Warning),
+            "critical" => Ok(Status::Critical),
+            other => Err(format!("{other:?} is not a health status (ok, warning, critical)")),
+        }
+    }
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -35,7 +48,7 @@ impl std::fmt::Display for Status {
 }
 
 /// One row of `backup.health()`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub name: String,
     pub status: Status,
@@ -45,7 +58,7 @@ pub struct Check {
 }
 
 impl Check {
-    fn new(name: impl Into<String>, status: Status, value: Option<String>, threshold: Option<String>, message: impl Into<String>) -> Check {
+    pub fn new(name: impl Into<String>, status: Status, value: Option<String>, threshold: Option<String>, message: impl Into<String>) -> Check {
         Check { name: name.into(), status, value, threshold, message: message.into() }
     }
 }
@@ -111,6 +124,9 @@ pub struct Observations {
     /// Why the configuration file (repositories, keys) could not be read, if it could not.
     #[serde(skip)]
     pub config_error: Option<String>,
+    /// Why the `[notifications]` section cannot be used: alerts are recorded but not sent.
+    #[serde(skip)]
+    pub notifications_error: Option<String>,
     #[serde(skip)]
     pub repositories: Vec<RepositoryState>,
 }
@@ -169,6 +185,9 @@ pub struct RepositoryState {
     pub error: Option<String>,
     /// Bytes free and in all, where the store has such a thing (a local filesystem).
     pub space: Option<(u64, u64)>,
+    /// Segments missing between archived ones where recovery would need them (the first few
+    /// names and how many), when the repository's WAL was examined.
+    pub wal_gaps: Option<(Vec<String>, usize)>,
     /// WAL files archived while this best-effort repository was down, not yet copied to it.
     pub owed_wal: u64,
 }
@@ -187,6 +206,9 @@ pub fn evaluate(o: &Observations, t: &Thresholds, now: DateTime<Utc>) -> Vec<Che
     checks.push(scheduler(o));
     if let Some(e) = &o.config_error {
         checks.push(Check::new("configuration", Status::Critical, None, None, format!("{e}: no repository can be reached, so backups, archiving and restores fail; fix backup.config_file or the file it names")));
+    }
+    if let Some(e) = &o.notifications_error {
+        checks.push(Check::new("notifications", Status::Critical, None, None, format!("{e}: alerts are recorded in backup.alerts but sent nowhere; fix the section (SELECT * FROM backup.test_alert() tries it)")));
     }
     for r in &o.repositories {
         checks.extend(repository(r, t));
@@ -326,12 +348,12 @@ fn duration_trend(o: &Observations, t: &Thresholds) -> Check {
 }
 
 fn missed_runs(o: &Observations) -> Check {
-    let threshold = Some("none in the last 24 h".to_string());
+    let threshold = Some("none in the last 24 h not made up by a later success".to_string());
     let Some(newest) = o.missed_runs.iter().max_by_key(|r| r.scheduled_for) else {
         return Check::new("missed_runs", Status::Ok, Some("0".into()), threshold, "no scheduled run was missed in the last 24 h");
     };
     let message = format!(
-        "{} scheduled run(s) in the last 24 h did not run; the newest: job {} due at {} ({}: {}); see backup.job_runs",
+        "{} scheduled run(s) in the last 24 h did not run and no later run of their job succeeded; the newest: job {} due at {} ({}: {}); see backup.job_runs",
         o.missed_runs.len(),
         newest.job,
         newest.scheduled_for.to_rfc3339(),
@@ -368,6 +390,23 @@ fn repository(r: &RepositoryState, t: &Thresholds) -> Vec<Check> {
             format!("{} WAL file(s) were archived while best-effort repository {} was down and are not there yet: the next archive_command that reaches it copies them, or run wal-archiver catch-up", r.owed_wal, r.name),
         )),
         None => out.push(Check::new(name, Status::Ok, Some("answers".into()), Some("answers".into()), format!("repository {} answers", r.name))),
+    }
+    if let Some((first, count)) = &r.wal_gaps {
+        let name = format!("wal_gaps:{}", r.name);
+        out.push(match first.first() {
+            None => Check::new(name, Status::Ok, Some("0".into()), Some("0 missing".into()), format!("repository {} holds every WAL segment between its first and last", r.name)),
+            Some(gap) => Check::new(
+                name,
+                Status::Critical,
+                Some(format!("{count} missing")),
+                Some("0 missing".into()),
+                format!(
+                    "repository {} misses {count} WAL segment(s) recovery needs, the first {gap} ({}): a restore to a moment past a gap stops at it; take a full backup now so that recovery from it does not need the gap, and find what removed the files",
+                    r.name,
+                    first.join(", ")
+                ),
+            ),
+        });
     }
     if let Some((free, total)) = r.space.filter(|(_, total)| *total > 0) {
         let pct = free as f64 * 100.0 / total as f64;
@@ -539,6 +578,17 @@ mod tests {
         assert_eq!(check(&evaluate(&o, &t, at(NOW)), "backup_duration").status, Status::Warning);
         o.last_completed.as_mut().unwrap().duration_s = 80.0;
         assert_eq!(check(&evaluate(&o, &t, at(NOW)), "backup_duration").status, Status::Ok);
+    }
+
+    #[test]
+    fn a_wal_gap_is_critical_and_names_the_segment() {
+        let mut o = healthy();
+        o.repositories = vec![RepositoryState { name: "local".into(), wal_gaps: Some((vec!["000000010000000000000007".into()], 1)), ..Default::default() }];
+        let c = evaluate(&o, &Thresholds::default(), at(NOW));
+        assert_eq!(check(&c, "wal_gaps:local").status, Status::Critical);
+        assert!(check(&c, "wal_gaps:local").message.contains("000000010000000000000007"));
+        o.repositories[0].wal_gaps = Some((vec![], 0));
+        assert_eq!(check(&evaluate(&o, &Thresholds::default(), at(NOW)), "wal_gaps:local").status, Status::Ok);
     }
 
     #[test]

@@ -31,6 +31,8 @@ macro_rules! serde_as_string {
 }
 pub(crate) use serde_as_string;
 
+/// Alerts: which health changes are told, when again, and when they are resolved (pure policy).
+pub mod alerts;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -39,6 +41,10 @@ pub mod health;
 /// What a scheduler does about a job's due or missed runs (pure policy over [`schedule`]).
 pub mod jobs;
 pub mod keys;
+/// Prometheus metrics and the status page, rendered from what the extension gathered.
+pub mod monitor;
+/// Alert delivery: e-mail (SMTP), Slack, SMS through an HTTP API, a JSON webhook.
+pub mod notify;
 pub mod pg;
 pub mod repo;
 /// When the in-database scheduler runs a job: cron expressions in a time zone, clock changes.

@@ -18,7 +18,7 @@ use backup_core::storage::{
     self, conformance, Ctx, Location, PutMode, PutOutcome, S3Credentials, S3Location, S3Storage, S3Timeouts, Secret,
     Storage, StorageError, StorageErrorKind,
 };
-use support::{chain, find_binary, free_port, multipart_round_trip_stays_conditional, silent_endpoint, Server};
+use support::{chain, find_binary, free_port, multipart_round_trip_stays_conditional, silent_endpoint, Pki, Server};
 
 const ACCESS_KEY: &str = "AKIDPGBACKUPTEST";
 const SECRET: &str = "s3cr3t-Wj4lrXUtnFEMI-K7MDENG-must-never-be-printed";
@@ -141,43 +141,6 @@ fn a_hanging_endpoint_fails_in_bounded_time() {
     assert!(matches!(err.kind(), StorageErrorKind::Timeout | StorageErrorKind::Transient), "{}", chain(&err));
     assert!(took < Duration::from_secs(15), "took {took:?} with a 0.5 s request timeout");
     println!("hanging endpoint, no deadline: {} after {took:?}", chain(&err));
-}
-
-/// A throwaway CA and a server certificate for 127.0.0.1 / localhost, as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "pg_backup_ext test CA");
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-        let cert = server.signed_by(&key, &issuer).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
-        Pki { dir }
-    }
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-    fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.pem")
-    }
-    fn key(&self) -> PathBuf {
-        self.dir.path().join("server.key")
-    }
 }
 
 #[test]

@@ -371,6 +371,9 @@ pub struct ArchivedWal {
     pub timeline: u32,
     pub stored_bytes: u64,
     pub object: String,
+    /// When the store last wrote it (when it was archived), where the store says.
+    #[serde(skip)]
+    pub modified: Option<std::time::SystemTime>,
 }
 
 fn serialize_display<S: serde::Serializer>(v: &WalFileName, s: S) -> Result<S::Ok, S::Error> {
@@ -378,7 +381,7 @@ fn serialize_display<S: serde::Serializer>(v: &WalFileName, s: S) -> Result<S::O
 }
 
 impl ArchivedWal {
-    fn from_meta(meta: ObjectMeta) -> Option<ArchivedWal> {
+    pub fn from_meta(meta: ObjectMeta) -> Option<ArchivedWal> {
         let file = meta.key.rsplit('/').next()?;
         let name = WalFileName::parse(file).ok()?;
         (name.object_key() == meta.key).then(|| ArchivedWal {
@@ -387,6 +390,7 @@ impl ArchivedWal {
             name,
             stored_bytes: meta.size,
             object: meta.key,
+            modified: meta.modified,
         })
     }
 }
@@ -571,7 +575,7 @@ mod tests {
 
     fn wal(name: &str) -> ArchivedWal {
         let name = WalFileName::parse(name).unwrap();
-        ArchivedWal { kind: name.kind(), timeline: name.timeline().0, object: name.object_key(), name, stored_bytes: 1 }
+        ArchivedWal { kind: name.kind(), timeline: name.timeline().0, object: name.object_key(), name, stored_bytes: 1, modified: None }
     }
 
     #[test]

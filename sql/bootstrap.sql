@@ -82,12 +82,56 @@ CREATE TABLE backup.job_runs (
 CREATE INDEX job_runs_job_scheduled_for ON backup.job_runs (job, scheduled_for);
 COMMENT ON TABLE backup.job_runs IS 'History of scheduled runs (the scheduler worker writes it)';
 
+-- Alerts (the alert worker writes them; backup_core::alerts decides): one row per condition
+-- from the moment a health check turns bad until it is ok again. key is the check's name;
+-- severity the worst it reached (what routing reads, so the resolve reaches whoever heard of it).
+CREATE TABLE backup.alerts (
+    id             bigserial PRIMARY KEY,
+    key            text NOT NULL,
+    severity       text NOT NULL CHECK (severity IN ('warning', 'critical')),
+    status         text NOT NULL CHECK (status IN ('firing', 'resolved')),
+    summary        text NOT NULL,
+    message        text NOT NULL,
+    value          text,
+    threshold      text,
+    opened_at      timestamptz NOT NULL DEFAULT now(),
+    last_notified  timestamptz NOT NULL DEFAULT now(),
+    resolved_at    timestamptz
+);
+-- At most one open alert per condition.
+CREATE UNIQUE INDEX alerts_one_open_per_key ON backup.alerts (key) WHERE status = 'firing';
+COMMENT ON TABLE backup.alerts IS 'Alerts raised from backup.health(): firing until the check is ok again';
+
+-- Every notification to every channel, and each attempt to deliver it (attempt_log: one
+-- {"at", "ok", "error"} per attempt). A channel that is down is retried with backoff
+-- (next_attempt_at) and given up after backup.alert_max_attempts.
+CREATE TABLE backup.alert_deliveries (
+    id              bigserial PRIMARY KEY,
+    alert_id        bigint REFERENCES backup.alerts (id) ON DELETE CASCADE,
+    event           text NOT NULL CHECK (event IN ('firing', 'escalated', 'reminder', 'resolved', 'test')),
+    channel         text NOT NULL CHECK (channel IN ('email', 'slack', 'sms', 'webhook')),
+    severity        text NOT NULL CHECK (severity IN ('ok', 'warning', 'critical')),
+    summary         text NOT NULL,
+    message         text NOT NULL,
+    status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sent', 'gave_up')),
+    attempts        int NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    sent_at         timestamptz,
+    last_error      text,
+    attempt_log     jsonb NOT NULL DEFAULT '[]'
+);
+CREATE INDEX alert_deliveries_pending ON backup.alert_deliveries (next_attempt_at) WHERE status = 'pending';
+COMMENT ON TABLE backup.alert_deliveries IS 'Alert notifications per channel and every delivery attempt';
+
 -- Keep the catalog in pg_dump output.
 SELECT pg_catalog.pg_extension_config_dump('backup.backups', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
 -- Not backup.schedules: CREATE EXTENSION installs the default jobs, so a restored dump would
 -- collide with them. A physical backup (ours) keeps the table like any other.
 SELECT pg_catalog.pg_extension_config_dump('backup.job_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.alert_deliveries', '');
 
 -- A worker that died (kill -9, crash restart, server stop) cannot mark its own row: whoever
 -- looks next does, so a dead backup never shows as running, let alone completed.

@@ -16,3 +16,14 @@ COMMENT ON FUNCTION backup.create_restore_point(text) IS
 -- backup.schedule().
 INSERT INTO backup.schedules (name, kind, cron, time_zone)
 SELECT name, kind, cron, time_zone FROM backup.default_schedules();
+
+CREATE FUNCTION backup.stats_daily(period interval DEFAULT '30 days')
+RETURNS TABLE (day date, completed bigint, failed bigint, size_bytes bigint, stored_bytes bigint,
+               duration_s numeric, wal_files bigint, wal_bytes bigint)
+LANGUAGE sql VOLATILE AS $$
+    SELECT * FROM jsonb_to_recordset(backup.stats(period)->'daily')
+        AS d(day date, completed bigint, failed bigint, size_bytes bigint, stored_bytes bigint,
+             duration_s numeric, wal_files bigint, wal_bytes bigint)
+    ORDER BY day
+$$;
+COMMENT ON FUNCTION backup.stats_daily(interval) IS 'backup.stats()''s series per day, as rows: for charts';

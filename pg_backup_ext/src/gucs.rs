@@ -21,6 +21,11 @@ pub static HEALTH_BACKUP_AGE_GRACE_S: GucSetting<i32> = GucSetting::<i32>::new(3
 pub static HEALTH_DURATION_FACTOR: GucSetting<f64> = GucSetting::<f64>::new(3.0);
 pub static HEALTH_SPACE_WARNING_PCT: GucSetting<f64> = GucSetting::<f64>::new(20.0);
 pub static HEALTH_SPACE_CRITICAL_PCT: GucSetting<f64> = GucSetting::<f64>::new(10.0);
+// Alerts (crate::alerter) and the metrics / status page server (crate::http_server).
+pub static ALERT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+pub static ALERT_REPEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(86400);
+pub static ALERT_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
+pub static HTTP_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -121,6 +126,44 @@ pub fn init() {
     ] {
         GucRegistry::define_float_guc(name, short, c"", setting, 0.0, 100.0, GucContext::Sighup, GucFlags::default());
     }
+    GucRegistry::define_int_guc(
+        c"backup.alert_interval",
+        c"How often the alert worker evaluates backup.health() and delivers what is owed.",
+        c"",
+        &ALERT_INTERVAL_S,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"backup.alert_repeat_interval",
+        c"An alert still firing after this long is told again (0: only when it gets worse or is resolved).",
+        c"",
+        &ALERT_REPEAT_INTERVAL_S,
+        0,
+        86400 * 365,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"backup.alert_max_attempts",
+        c"Attempts to deliver one notification to one channel before giving it up (backoff from 30 s to 1 h).",
+        c"",
+        &ALERT_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"backup.http_listen",
+        c"Address:port of the /metrics and status page server, e.g. 127.0.0.1:9187 (empty: off).",
+        c"Read-only and unauthenticated: keep it on a local or monitoring network. Needs a restart, like listen_addresses.",
+        &HTTP_LISTEN,
+        if crate::postgres::loading_shared_preload_libraries() { GucContext::Postmaster } else { GucContext::Sighup },
+        GucFlags::default(),
+    );
     // The product's variable is the default; postgresql.conf (a higher-priority source) wins.
     if let Ok(v) = std::env::var("BACKUP_SCHEDULER_ENABLED") {
         crate::postgres::set_config_default("backup.scheduler", &v);
@@ -173,6 +216,11 @@ pub struct Opened {
     pub repos: Vec<(backup_core::config::RepoConfig, Result<backup_core::pg::PgRepo, String>)>,
     /// By repository name; `Err` when the primary could not say.
     pub owed: Result<std::collections::BTreeMap<String, u64>, String>,
+}
+
+/// `backup.http_listen`, when set.
+pub fn http_listen() -> Option<String> {
+    HTTP_LISTEN.get().map(|c| c.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// The database the scheduler works in.

@@ -2,12 +2,16 @@
 //! catalog's and the server's observations, the scheduled backup jobs' intervals, the scheduler
 //! worker, every repository) and hands it to [`backup_core::health`], where the policy is.
 
-use backup_core::config::Config;
+use backup_core::config::{Config, WalArchiving};
+use backup_core::pg::archive::{summarize_timelines, BackupWalRange};
+use backup_core::pg::wal::Lsn;
+use backup_core::pg::PgRepo;
 use backup_core::error::report;
 use backup_core::health::{self, Check, Freshness, RepositoryState};
 use backup_core::schedule::{JobKind, Schedule};
 use chrono::Utc;
 
+use crate::catalog::health::BackupLsns;
 use crate::catalog::{self, CatalogResult};
 use crate::gucs;
 
@@ -38,7 +42,10 @@ pub fn checks() -> CatalogResult<Vec<Check>> {
     o.scheduler_enabled = gucs::SCHEDULER.get();
     o.scheduler_running = catalog::jobs::scheduler_running()?;
     match gucs::load_config() {
-        Ok(config) => o.repositories = repositories(&config),
+        Ok(config) => {
+            o.notifications_error = config.notifications_error.clone();
+            o.repositories = repositories(&config, &catalog::health::completed_backup_lsns()?);
+        }
         Err(e) => o.config_error = Some(report(&e)),
     }
     let mut checks = health::evaluate(&o, &gucs::health_thresholds(), now);
@@ -46,8 +53,9 @@ pub fn checks() -> CatalogResult<Vec<Check>> {
     Ok(checks)
 }
 
-/// Each configured repository: does it answer, is it owed WAL, how full is its filesystem.
-fn repositories(config: &Config) -> Vec<RepositoryState> {
+/// Each configured repository: does it answer, is it owed WAL, how full is its filesystem,
+/// and (those that must take every WAL file) does its WAL have gaps.
+fn repositories(config: &Config, backups: &[BackupLsns]) -> Vec<RepositoryState> {
     let opened = gucs::open_all(config);
     opened
         .repos
@@ -63,6 +71,27 @@ fn repositories(config: &Config) -> Vec<RepositoryState> {
             },
             space: rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok()),
             owed_wal: opened.owed.as_ref().ok().and_then(|o| o.get(&rc.name).copied()).unwrap_or(0),
+            // A best-effort repository misses what it is owed by design.
+            wal_gaps: match repo {
+                Ok(repo) if rc.wal == WalArchiving::Required => wal_gaps(repo, &rc.name, backups),
+                _ => None,
+            },
         })
         .collect()
+}
+
+/// The segments missing between archived ones that some restore would need (not those
+/// retention removed before a kept backup): the first few names and how many. None when the
+/// WAL could not be listed (the repository check says why).
+fn wal_gaps(repo: &PgRepo, name: &str, backups: &[BackupLsns]) -> Option<(Vec<String>, usize)> {
+    let files = repo.wal().list().ok()?;
+    let size = repo.cluster().wal_segment_size;
+    let seg = |lsn: &str| lsn.parse::<Lsn>().ok().map(|l| l.0 / u64::from(size));
+    let ranges: Vec<BackupWalRange> = backups
+        .iter()
+        .filter(|b| b.repos.iter().any(|r| r == name))
+        .filter_map(|b| Some(BackupWalRange { timeline: b.timeline, start: seg(&b.start_lsn)?, stop: seg(&b.stop_lsn)? }))
+        .collect();
+    let gaps: Vec<String> = summarize_timelines(&files, size, &ranges).into_iter().flat_map(|t| t.gaps).collect();
+    Some((gaps.iter().take(3).cloned().collect(), gaps.len()))
 }

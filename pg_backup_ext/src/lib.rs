@@ -7,9 +7,14 @@
 //! - [`api`]: the SQL functions (`backup.start_full()`, `backup.get()`, `backup.verify()`, …);
 //! - [`catalog`]: every statement on the `backup.*` tables, and the enums of their columns;
 //! - [`health`]: what `backup.health()` and the scheduler's health job judge, gathered;
+//! - [`stats`]: `backup.stats()`, the catalog's figures with the repositories' usage;
 //! - [`backup_worker`]: the background worker that takes a backup;
 //! - [`scheduler`]: the static worker that runs `backup.schedules` (backups, verify,
 //!   retention, health) by itself;
+//! - [`alerter`]: the static worker that turns bad health checks into alerts (e-mail, Slack,
+//!   SMS, webhook) and resolves them;
+//! - [`http_server`]: `/metrics` for Prometheus and the status page (off unless
+//!   `backup.http_listen` is set);
 //! - [`archive_module`]: `archive_library = 'pg_backup_ext'`, WAL archiving without a process
 //!   per segment;
 //! - [`postgres`]: the only place with raw `pg_sys` calls: safe wrappers, the worker skeleton,
@@ -17,14 +22,17 @@
 
 use pgrx::prelude::*;
 
+mod alerter;
 mod api;
 mod archive_module;
 mod backup_worker;
 mod catalog;
 mod gucs;
 mod health;
+mod http_server;
 mod postgres;
 mod scheduler;
+mod stats;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -36,6 +44,8 @@ pgrx::extension_sql_file!("../../sql/finalize.sql", name = "finalize", finalize)
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     scheduler::register();
+    alerter::register();
+    http_server::register();
 }
 
 /// Version of the extension and of the repository format it writes.

@@ -545,17 +545,15 @@ fn info(config_path: Option<&Path>, repo_name: Option<&str>, output: Output) -> 
     let config = load_config(config_path)?;
     let rc = config.repo_or_primary(repo_name)?;
     let repo = PgRepo::open_repo(&config, &rc)?;
-    let files = repo.wal().list()?;
+    // Everything the store holds, by area (what expiry frees shows here), from one listing.
+    let usage = backup_core::pg::usage::usage(&repo)?;
+    let files = &usage.wal;
     let c = repo.cluster();
     let manifests = repo.backups().list()?;
     let ranges: Vec<archive::BackupWalRange> = manifests.iter().filter_map(|m| archive::BackupWalRange::of(m, c.wal_segment_size)).collect();
-    let timelines = archive::summarize_timelines(&files, c.wal_segment_size, &ranges);
-    let stored: u64 = files.iter().map(|f| f.stored_bytes).sum();
-    // Everything the store holds, by area: what expiry frees shows here.
-    let objects = repo.objects();
-    let all = objects.storage().list_all(&objects.ctx(), "")?;
-    let bytes_under = |prefix: &str| all.iter().filter(|o| o.key.starts_with(prefix)).map(|o| o.size).sum::<u64>();
-    let (total, backup_bytes, summary_bytes) = (bytes_under(""), bytes_under("backup/"), bytes_under("wal-summary/"));
+    let timelines = archive::summarize_timelines(files, c.wal_segment_size, &ranges);
+    let stored = usage.wal_bytes;
+    let (total, backup_bytes, summary_bytes) = (usage.total_bytes, usage.backup_bytes, usage.summary_bytes);
     let backups = manifests.len();
     let i = &repo.objects().info;
     // WAL owed to best-effort repositories (archived while they were down), by repository.

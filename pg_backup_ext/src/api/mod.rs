@@ -12,7 +12,9 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 
+mod alerts;
 mod health;
+mod stats;
 mod repositories;
 mod schedules;
 

@@ -39,7 +39,10 @@ pub fn observations() -> CatalogResult<(Observations, Option<Newest>, Option<New
                                   ORDER BY b.id DESC LIMIT 1),
              'missed_runs', coalesce((SELECT jsonb_agg(jsonb_build_object('job', job, 'scheduled_for', scheduled_for,
                                                                           'status', status, 'message', message))
-                                        FROM backup.job_runs WHERE status = 'skipped' AND scheduled_for > now() - interval '24 hours'), '[]'),
+                                        FROM backup.job_runs r WHERE status = 'skipped' AND scheduled_for > now() - interval '24 hours'
+                                         -- a later success of the job makes up for it
+                                         AND NOT EXISTS (SELECT 1 FROM backup.job_runs s WHERE s.job = r.job AND s.status = 'succeeded'
+                                                           AND s.scheduled_for > r.scheduled_for)), '[]'),
              'newest_full', (SELECT jsonb_build_object('id', id, 'start_time', start_time) FROM backup.backups
                                WHERE status = 'completed' AND type = 'full' ORDER BY id DESC LIMIT 1),
              'newest_any', (SELECT jsonb_build_object('id', id, 'start_time', start_time) FROM backup.backups
@@ -56,4 +59,21 @@ pub fn observations() -> CatalogResult<(Observations, Option<Newest>, Option<New
     // Built by the statement above: a mismatch is a bug in it.
     let observations = serde_json::from_value(json).unwrap_or_else(|e| panic!("health observations do not match their type: {e}"));
     Ok((observations, full, any))
+}
+
+/// A completed backup's WAL needs, for telling WAL gaps from what retention removed.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BackupLsns {
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub repos: Vec<String>,
+}
+
+pub fn completed_backup_lsns() -> CatalogResult<Vec<BackupLsns>> {
+    let json = Spi::get_one::<JsonB>(
+        "SELECT coalesce(jsonb_agg(jsonb_build_object('timeline', timeline, 'start_lsn', start_lsn::text, 'stop_lsn', stop_lsn::text, 'repos', repos)), '[]')
+           FROM backup.backups WHERE status = 'completed' AND timeline IS NOT NULL AND start_lsn IS NOT NULL AND stop_lsn IS NOT NULL",
+    )?;
+    Ok(json.map(|j| serde_json::from_value(j.0).unwrap_or_else(|e| panic!("backup.backups LSNs do not match their type: {e}"))).unwrap_or_default())
 }

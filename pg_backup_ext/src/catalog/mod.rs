@@ -3,8 +3,11 @@
 //! `backup.schedules` and `backup.job_runs`. The table definitions are in `sql/bootstrap.sql`;
 //! the repository stays the truth and `resync` rebuilds the backups from it.
 
+pub mod alerts;
 pub mod health;
+pub mod stats;
 pub mod jobs;
+pub mod monitor;
 
 use std::fmt;
 

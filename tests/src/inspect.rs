@@ -119,6 +119,12 @@ impl RepoInspector {
         }
     }
 
+    /// Remove object `key` (a file lost from the repository).
+    #[track_caller]
+    pub fn delete(&self, key: &str) {
+        self.check("delete", key, self.storage.delete(&self.ctx(), key))
+    }
+
     /// Flip the bits of `mask` in the byte in the middle of object `key` and write it back
     /// (damage as a failing disk or a tampering hand would do it); returns the offset.
     #[track_caller]

@@ -29,11 +29,13 @@
 mod emulators;
 mod fixtures;
 mod inspect;
+mod receivers;
 pub mod workload;
 
 pub use emulators::*;
 pub use fixtures::*;
 pub use inspect::*;
+pub use receivers::*;
 
 use backup_core::storage::Location;
 use std::ffi::CString;

@@ -36,9 +36,10 @@ deps:
 # virtualenv, Azurite (Azure Blob, backup-core/tests/cloud_storage.rs) from npm. Nothing to do when
 # they are there already. Standalone (no pgrx setup), so that `make test-deps` is cheap on its own.
 TEST_VENV ?= /opt/pg_backup_ext-test/venv
-# prometheus scrapes the extension's /metrics and chromium screenshots its status page in the
-# monitoring test; aiosmtpd (below) is the SMTP server the alert test's e-mail reaches.
-TEST_APT_PACKAGES = python3-venv openssl prometheus chromium
+# prometheus scrapes the extension's /metrics, prometheus-postgres-exporter runs our queries
+# file and chromium screenshots the status page in the monitoring test; aiosmtpd (below) is the
+# SMTP server the alert test's e-mail reaches.
+TEST_APT_PACKAGES = python3-venv openssl prometheus prometheus-postgres-exporter chromium
 # Only when there is no npm at all: a Node.js from elsewhere (NodeSource) bundles its own npm,
 # and Debian's npm package conflicts with it.
 TEST_NODE_PACKAGES = nodejs npm

@@ -73,7 +73,13 @@ fn repositories(config: &Config, backups: &[BackupLsns]) -> Vec<RepositoryState>
             owed_wal: opened.owed.as_ref().ok().and_then(|o| o.get(&rc.name).copied()).unwrap_or(0),
             // A best-effort repository misses what it is owed by design.
             wal_gaps: match repo {
-                Ok(repo) if rc.wal == WalArchiving::Required => wal_gaps(repo, &rc.name, backups),
+                Ok(repo) if rc.wal == WalArchiving::Required => {
+                    if rc.location.local_path().is_some() {
+                        wal_gaps(repo, &rc.name, backups)
+                    } else {
+                        remembered_gaps(&rc.name, || wal_gaps(repo, &rc.name, backups))
+                    }
+                }
                 _ => None,
             },
         })
@@ -94,4 +100,23 @@ fn wal_gaps(repo: &PgRepo, name: &str, backups: &[BackupLsns]) -> Option<(Vec<St
         .collect();
     let gaps: Vec<String> = summarize_timelines(&files, size, &ranges).into_iter().flat_map(|t| t.gaps).collect();
     Some((gaps.iter().take(3).cloned().collect(), gaps.len()))
+}
+
+/// How long a remote repository's WAL gaps are reused: the check lists every WAL object, and
+/// the alert worker evaluates every minute (LIST requests cost money on object stores; a local
+/// directory is listed every time).
+const REMOTE_GAPS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// This process's last answer for a remote repository, while it is fresh.
+fn remembered_gaps(name: &str, look: impl FnOnce() -> Option<(Vec<String>, usize)>) -> Option<(Vec<String>, usize)> {
+    type Seen = std::collections::HashMap<String, (std::time::Instant, Option<(Vec<String>, usize)>)>;
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.get_or_insert_with(Default::default);
+    if let Some((_, gaps)) = seen.get(name).filter(|(at, _)| at.elapsed() < REMOTE_GAPS_TTL) {
+        return gaps.clone();
+    }
+    let gaps = look();
+    seen.insert(name.to_string(), (std::time::Instant::now(), gaps.clone()));
+    gaps
 }

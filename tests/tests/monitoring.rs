@@ -1,7 +1,8 @@
 //! End-to-end test of the monitoring surfaces on a real PostgreSQL 15 cluster: `backup.stats()`
 //! against the catalog and the repository, the `/metrics` endpoint scraped by a real
-//! Prometheus and queried through its HTTP API, `/health` and `/stats`, and the status page
-//! rendered by headless Chromium (its DOM and a screenshot).
+//! Prometheus and queried through its HTTP API, the postgres_exporter queries file run by a real
+//! postgres_exporter, `/health` and `/stats`, and the status page rendered by headless Chromium
+//! (its DOM and a screenshot).
 
 use e2e::*;
 use serde_json::Value;
@@ -109,7 +110,34 @@ fn stats_metrics_and_status_page() {
     let scraped = prom_query(prom_port, "pg_backup_last_success_timestamp_seconds{kind=\"full\"}").expect("last full backup time scraped");
     assert!((scraped - last_full).abs() < 1.0, "scraped {scraped}, catalog {last_full}");
 
-    // (d) The status page in a real browser: the rendered DOM shows the backups, and the
+    // (d) postgres_exporter with the queries file we ship reports the same figures.
+    let queries = dir.write("queries.yaml", std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/monitoring/postgres_exporter-queries.yaml")).unwrap());
+    give_to_postgres(&queries);
+    let exporter_port = free_port();
+    let mut cmd = postgres_command("prometheus-postgres-exporter");
+    cmd.env("DATA_SOURCE_NAME", format!("{} sslmode=disable", c.conninfo()))
+        .arg(format!("--web.listen-address=127.0.0.1:{exporter_port}"))
+        .arg(format!("--extend.query-path={}", queries.display()));
+    let exporter = Background::spawn(cmd, &dir.join("exporter.log"));
+    let sample = |text: &str, name: &str, labels: &[&str]| -> Option<f64> {
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && labels.iter().all(|lb| l.contains(lb)))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let mut exported = String::new();
+    wait_until("postgres_exporter to run our queries", WAIT, || {
+        TcpStream::connect(("127.0.0.1", exporter_port)).is_ok() && {
+            exported = http_get(exporter_port, "/metrics").1;
+            exported.contains("pg_backup_backups{")
+        }
+    });
+    assert_eq!(sample(&exported, "pg_backup_backups", &["kind=\"full\"", "status=\"completed\""]), Some(2.0), "{exported}\n{}", std::fs::read_to_string(&exporter.log).unwrap_or_default());
+    assert_eq!(sample(&exported, "pg_backup_health_status", &["check=\"archiving\""]), Some(0.0), "{exported}");
+    assert!(sample(&exported, "pg_backup_last_success_timestamp_seconds", &["kind=\"full\""]).is_some_and(|t| (t - last_full).abs() < 1.0), "{exported}");
+    assert!(sample(&exported, "pg_backup_rpo_seconds", &[]).is_some(), "{exported}");
+    drop(exporter);
+
+    // (e) The status page in a real browser: the rendered DOM shows the backups, and the
     // screenshot is the size asked for and not blank.
     let url = format!("http://127.0.0.1:{http_port}/");
     let dom = Command::new("chromium").args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", &url]).output().expect("run chromium (make test-deps installs it)");

@@ -71,13 +71,13 @@ pub fn render_status_page(s: &Snapshot) -> String {
     let mut h = String::with_capacity(32 * 1024);
     let _ = writeln!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"60\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{} · pg_backup · {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>",
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta http-equiv=\"refresh\" content=\"60\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{} · pg_backup_ext · {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<main>",
         overall_text,
         esc(&s.cluster)
     );
     let _ = writeln!(
         h,
-        "<header><div><h1>pg_backup <span class=\"cluster\">{}</span></h1><div class=\"muted small\">generated {} · refreshes every 60 s</div></div><span class=\"badge large {}\" title=\"overall status\">{}</span></header>",
+        "<header><div><h1>pg_backup_ext <span class=\"cluster\">{}</span></h1><div class=\"muted small\">generated {} · refreshes every 60 s</div></div><span class=\"badge large {}\" title=\"overall status\">{}</span></header>",
         esc(&s.cluster),
         utc(s.generated_at),
         status_class(overall_text),

@@ -13,3 +13,21 @@ fn test_alert(
     let rows = crate::alerter::send_test(channel).unwrap_or_else(|e| error!("pg_backup_ext: {e}"));
     TableIterator::new(rows)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Without a configuration there is no channel: the error names the file.
+    #[pg_test(error = "pg_backup_ext: cannot read configuration file /nonexistent/pg_backup_ext.conf: No such file or directory (os error 2)")]
+    fn test_alert_without_a_configuration_names_the_file() {
+        Spi::run("SELECT * FROM backup.test_alert()").unwrap();
+    }
+
+    /// Deliveries are constrained to the known channels and events.
+    #[pg_test(error = "new row for relation \"alert_deliveries\" violates check constraint \"alert_deliveries_channel_check\"")]
+    fn a_delivery_to_an_unknown_channel_is_refused() {
+        Spi::run("INSERT INTO backup.alert_deliveries (event, channel, severity, summary, message) VALUES ('test', 'pager', 'warning', 's', 'm')").unwrap();
+    }
+}

@@ -124,6 +124,36 @@ CREATE TABLE backup.alert_deliveries (
 CREATE INDEX alert_deliveries_pending ON backup.alert_deliveries (next_attempt_at) WHERE status = 'pending';
 COMMENT ON TABLE backup.alert_deliveries IS 'Alert notifications per channel and every delivery attempt';
 
+-- Scratch restores (backup.restore()): a backup restored beside the live cluster into
+-- backup.scratch_dir and started there as its own instance (local connections only, archiving
+-- off) once recovered to its target; backup.restore_stop() removes it. The restore worker
+-- writes the row; status: starting → restoring → recovering → ready, or failed, or stopped.
+CREATE TABLE backup.restores (
+    id            bigserial PRIMARY KEY,
+    backup_id     text,
+    -- what recovery stops at: latest (the end of the archive), immediate (the backup's end),
+    -- time, lsn, xid or name, and the value for the last four
+    target_kind   text NOT NULL CHECK (target_kind IN ('latest', 'immediate', 'time', 'lsn', 'xid', 'name')),
+    target_value  text,
+    status        text NOT NULL DEFAULT 'starting'
+                  CHECK (status IN ('starting', 'restoring', 'recovering', 'ready', 'failed', 'stopped')),
+    pgdata        text NOT NULL,
+    socket_dir    text NOT NULL,
+    port          int NOT NULL,
+    listen_tcp    boolean NOT NULL DEFAULT false,
+    bytes_done    bigint,
+    bytes_total   bigint,
+    wal_replayed_bytes bigint,
+    requested_by  text NOT NULL DEFAULT current_user,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    restored_at   timestamptz,
+    ready_at      timestamptz,
+    stopped_at    timestamptz,
+    worker_pid    int,
+    error         text
+);
+COMMENT ON TABLE backup.restores IS 'Scratch restores: backup.restore() starts one, backup.restore_stop() removes it';
+
 -- Keep the catalog in pg_dump output.
 SELECT pg_catalog.pg_extension_config_dump('backup.backups', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
@@ -131,6 +161,7 @@ SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
 -- collide with them. A physical backup (ours) keeps the table like any other.
 SELECT pg_catalog.pg_extension_config_dump('backup.job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.restores', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.alert_deliveries', '');
 
 -- A worker that died (kill -9, crash restart, server stop) cannot mark its own row: whoever

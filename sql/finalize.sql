@@ -27,3 +27,16 @@ LANGUAGE sql VOLATILE AS $$
     ORDER BY day
 $$;
 COMMENT ON FUNCTION backup.stats_daily(interval) IS 'backup.stats()''s series per day, as rows: for charts';
+
+CREATE FUNCTION backup.restore(backup_id text DEFAULT NULL, target_time timestamptz DEFAULT NULL,
+                               target_lsn pg_lsn DEFAULT NULL, target_xid text DEFAULT NULL,
+                               target_name text DEFAULT NULL, target_immediate boolean DEFAULT false,
+                               "into" text DEFAULT NULL, port int DEFAULT NULL)
+RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    SELECT backup.restore_scratch(backup_id,
+                                  -- the form recovery_target_time takes (not ISO 8601's T and Z)
+                                  to_char(target_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US"+00:00"'),
+                                  target_lsn::text, target_xid, target_name, target_immediate, "into", port)
+$$;
+COMMENT ON FUNCTION backup.restore(text, timestamptz, pg_lsn, text, text, boolean, text, int) IS
+    'Restore a backup into a scratch instance beside the live cluster (backup.restores shows it; backup.restore_stop() removes it)';

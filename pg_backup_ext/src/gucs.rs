@@ -26,6 +26,9 @@ pub static ALERT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static ALERT_REPEAT_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(86400);
 pub static ALERT_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static HTTP_LISTEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+// Scratch restores (crate::restore_worker).
+pub static SCRATCH_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static WAL_ARCHIVER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"/usr/local/bin/wal-archiver"));
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -164,6 +167,22 @@ pub fn init() {
         if crate::postgres::loading_shared_preload_libraries() { GucContext::Postmaster } else { GucContext::Sighup },
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"backup.scratch_dir",
+        c"Directory scratch restores (backup.restore()) are made in; empty: beside the data directory (DATADIR_scratch).",
+        c"Never inside the data directory; the OS user postgres must be able to create it.",
+        &SCRATCH_DIR,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"backup.wal_archiver",
+        c"The wal-archiver program a scratch restore's restore_command runs (make install puts it in /usr/local/bin).",
+        c"",
+        &WAL_ARCHIVER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // The product's variable is the default; postgresql.conf (a higher-priority source) wins.
     if let Ok(v) = std::env::var("BACKUP_SCHEDULER_ENABLED") {
         crate::postgres::set_config_default("backup.scheduler", &v);
@@ -218,6 +237,24 @@ pub struct Opened {
     pub owed: Result<std::collections::BTreeMap<String, u64>, String>,
 }
 
+/// Where scratch restores go: `backup.scratch_dir`, else beside the data directory.
+pub fn scratch_dir() -> std::path::PathBuf {
+    match SCRATCH_DIR.get().map(|c| c.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let data = crate::postgres::data_directory();
+            let mut name = data.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            name.push("_scratch");
+            data.with_file_name(name)
+        }
+    }
+}
+
+/// `backup.wal_archiver`.
+pub fn wal_archiver() -> String {
+    WAL_ARCHIVER.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "wal-archiver".into())
+}
+
 /// `backup.http_listen`, when set.
 pub fn http_listen() -> Option<String> {
     HTTP_LISTEN.get().map(|c| c.to_string_lossy().trim().to_string()).filter(|s| !s.is_empty())
@@ -226,6 +263,13 @@ pub fn http_listen() -> Option<String> {
 /// The database the scheduler works in.
 pub fn scheduler_database() -> String {
     SCHEDULER_DATABASE.get().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "postgres".to_string())
+}
+
+/// The configuration file `wal-archiver` must be told to read to see what this server sees:
+/// `backup.config_file`, else none (it then looks where the server did: `$BACKUP_CONFIG`, the
+/// default path).
+pub fn config_file() -> Option<std::path::PathBuf> {
+    CONFIG_FILE.get().map(|c| std::path::PathBuf::from(c.to_string_lossy().into_owned())).filter(|p| !p.as_os_str().is_empty())
 }
 
 /// The configuration file named by `backup.config_file`, read now (never cached: a reload may

@@ -9,6 +9,7 @@
 //! - [`health`]: what `backup.health()` and the scheduler's health job judge, gathered;
 //! - [`stats`]: `backup.stats()`, the catalog's figures with the repositories' usage;
 //! - [`backup_worker`]: the background worker that takes a backup;
+//! - [`restore_worker`]: scratch restores (`backup.restore()`), each its own instance;
 //! - [`scheduler`]: the static worker that runs `backup.schedules` (backups, verify,
 //!   retention, health) by itself;
 //! - [`alerter`]: the static worker that turns bad health checks into alerts (e-mail, Slack,
@@ -31,6 +32,7 @@ mod gucs;
 mod health;
 mod http_server;
 mod postgres;
+mod restore_worker;
 mod scheduler;
 mod stats;
 

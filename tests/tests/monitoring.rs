@@ -101,9 +101,9 @@ fn stats_metrics_and_status_page() {
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
         .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"));
     let _prometheus = Background::spawn(cmd, &dir.join("prometheus.log"));
-    wait_until("Prometheus to scrape the full backups", WAIT, || {
-        TcpStream::connect(("127.0.0.1", prom_port)).is_ok() && prom_query(prom_port, "pg_backup_backups{kind=\"full\",status=\"completed\"}") == Some(2.0)
-    });
+    // Prometheus answers 503 until its storage is open: /-/ready says when it is.
+    wait_until("Prometheus ready", WAIT, || TcpStream::connect(("127.0.0.1", prom_port)).is_ok() && http_get(prom_port, "/-/ready").0 == 200);
+    wait_until("Prometheus to scrape the full backups", WAIT, || prom_query(prom_port, "pg_backup_backups{kind=\"full\",status=\"completed\"}") == Some(2.0));
     assert_eq!(prom_query(prom_port, "pg_backup_backups{kind=\"incremental\",status=\"completed\"}"), Some(1.0));
     assert_eq!(prom_query(prom_port, "pg_backup_health_status{check=\"archiving\"}"), Some(0.0));
     let last_full: f64 = c.psql("SELECT extract(epoch FROM stop_time) FROM backup.backups WHERE id = (SELECT max(id) FROM backup.backups WHERE type = 'full')").parse().unwrap();

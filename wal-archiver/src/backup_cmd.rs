@@ -11,11 +11,11 @@ use backup_core::config::Config;
 use backup_core::pg::backup::copy::Progress;
 use backup_core::pg::backup::incremental::Chain;
 use backup_core::pg::backup::inventory::RecoveryTarget;
-use backup_core::pg::backup::restore::{restore_backup, RestoreOptions, RestoreProgress, TargetAction};
+use backup_core::pg::backup::restore::{self, restore_backup, RestoreOptions, RestoreProgress, TargetAction};
 use backup_core::pg::backup::run::{run_backup, BackupOptions, WalSummaries};
 use backup_core::pg::backup::session::{ServerError, SqlSession};
 use backup_core::pg::backup::{BackupId, BackupKind, Manifest};
-use backup_core::pg::{PgRepo, PgRepoError};
+use backup_core::pg::PgRepo;
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::{human_bytes, Output};
@@ -213,40 +213,13 @@ pub fn restore(config: &Config, config_path: Option<&Path>, pgdata: &Path, req: 
 /// warning; if none has it, the primary's answer is the error. The third value names the
 /// repository recovery must fetch WAL from alone, if any.
 fn restore_source(config: &Config, req: &RestoreRequest, target: &RecoveryTarget) -> Result<(PgRepo, Chain, Option<String>)> {
-    let find = |repo: &PgRepo| -> Result<Chain> {
-        let manifest = match req.backup_id {
-            Some(id) => repo.backups().read_manifest(&id.parse()?)?,
-            None => repo.backups().find(target)?,
-        };
-        Ok(repo.backups().chain(manifest)?)
-    };
     let candidates = match req.repo {
         Some(name) => vec![config.repo_named(name)?],
         None => config.repositories(),
     };
-    let mut first_error = None;
-    let mut failed = false;
-    for rc in &candidates {
-        let found = PgRepo::open_repo(config, rc).map_err(anyhow::Error::from).and_then(|repo| find(&repo).map(|chain| (repo, chain)));
-        match found {
-            Ok((repo, chain)) => {
-                if candidates.len() > 1 {
-                    eprintln!("wal-archiver: restoring from repository {} ({})", rc.name, repo.location());
-                }
-                let pinned = (req.repo.is_some() || failed).then(|| rc.name.clone());
-                return Ok((repo, chain, pinned));
-            }
-            Err(e) => {
-                // Lacking the backup is an answer; anything else is a failing repository.
-                failed |= !matches!(e.downcast_ref::<PgRepoError>(), Some(PgRepoError::UnknownBackup { .. } | PgRepoError::NoBackupForTarget(_)));
-                if candidates.len() > 1 {
-                    eprintln!("wal-archiver: repository {}: {e:#}", rc.name);
-                }
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    Err(first_error.unwrap_or_else(|| anyhow!("no repository configured")))
+    let id = req.backup_id.map(str::parse::<BackupId>).transpose()?;
+    let source = restore::find_source(config, &candidates, req.repo.is_some(), id.as_ref(), target, &mut |m| eprintln!("wal-archiver: {m}"))?;
+    Ok((source.repo, source.chain, source.pinned))
 }
 
 pub fn list(config: &Config, repo: Option<&str>, output: Output) -> Result<ExitCode> {

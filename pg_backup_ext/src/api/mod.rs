@@ -14,6 +14,7 @@ use serde_json::json;
 
 mod alerts;
 mod health;
+mod restores;
 mod stats;
 mod repositories;
 mod schedules;

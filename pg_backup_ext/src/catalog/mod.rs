@@ -8,6 +8,7 @@ pub mod health;
 pub mod stats;
 pub mod jobs;
 pub mod monitor;
+pub mod restores;
 
 use std::fmt;
 

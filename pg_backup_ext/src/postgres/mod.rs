@@ -24,6 +24,19 @@ pub fn data_directory() -> PathBuf {
     PathBuf::from(unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }.to_string_lossy().into_owned())
 }
 
+/// The directory of the running server's programs (`pg_ctl`, `psql`): where `postgres` is.
+pub fn bin_directory() -> PathBuf {
+    // SAFETY: my_exec_path is a fixed-size C string set at process start; main thread.
+    let exe = PathBuf::from(unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(pg_sys::my_exec_path).cast::<std::ffi::c_char>()) }.to_string_lossy().into_owned());
+    exe.parent().map(PathBuf::from).unwrap_or_default()
+}
+
+/// The port the live server listens on (`port`).
+pub fn server_port() -> i32 {
+    // SAFETY: a plain int GUC variable, read on the main thread.
+    unsafe { pg_sys::PostPortNumber }
+}
+
 /// OID of the database this backend is connected to.
 pub fn database_oid() -> u32 {
     // SAFETY: a backend global, set at connection; main thread.

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use super::incremental::{reconstruct, Chain, ReconstructError};
 use super::inventory::RecoveryTarget;
 use super::manifest::{FileEntry, Manifest};
+use super::BackupId;
+use crate::config::{Config, RepoConfig};
 use crate::pg::{PgRepo, PgRepoError};
 use crate::repo::files::{file_runs, FileRun, RUN_MAX_GAP, RUN_MAX_SIZE};
 
@@ -329,6 +331,70 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
 /// Quote a value for postgresql.conf.
 fn conf_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Where a restore reads from: the repository, the chain of backups to restore, and the
+/// repository recovery must fetch WAL from alone, if any.
+pub struct Source {
+    pub repo: PgRepo,
+    pub chain: Chain,
+    pub pinned: Option<String>,
+}
+
+/// The first of `candidates` (in the configured order, local first) that has backup `id`, or
+/// one consistent before `target`. A repository that fails is skipped (told to `say`); if none
+/// has it, the first answer is the error. `named`: the caller chose the repository, so recovery
+/// fetches WAL there only (also when one before the chosen one failed: the others may be gone,
+/// and a required repository that fails would abort recovery).
+pub fn find_source(
+    config: &Config,
+    candidates: &[RepoConfig],
+    named: bool,
+    id: Option<&BackupId>,
+    target: &RecoveryTarget,
+    say: &mut dyn FnMut(String),
+) -> Result<Source, PgRepoError> {
+    let find = |repo: &PgRepo| -> Result<Chain, PgRepoError> {
+        let manifest = match id {
+            Some(id) => repo.backups().read_manifest(id)?,
+            None => repo.backups().find(target)?,
+        };
+        repo.backups().chain(manifest)
+    };
+    let mut first_error = None;
+    let mut failed = false;
+    for rc in candidates {
+        match PgRepo::open_repo(config, rc).and_then(|repo| find(&repo).map(|chain| (repo, chain))) {
+            Ok((repo, chain)) => {
+                if candidates.len() > 1 {
+                    say(format!("restoring from repository {} ({})", rc.name, repo.location()));
+                }
+                let pinned = (named || failed).then(|| rc.name.clone());
+                return Ok(Source { repo, chain, pinned });
+            }
+            Err(e) => {
+                // Lacking the backup is an answer; anything else is a failing repository.
+                failed |= !matches!(e, PgRepoError::UnknownBackup { .. } | PgRepoError::NoBackupForTarget(_));
+                if candidates.len() > 1 {
+                    say(format!("repository {}: {}", rc.name, crate::error::report(&e)));
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(PgRepoError::NoBackupForTarget("no repository is configured".into())))
+}
+
+/// Append settings to a restored data directory's `postgresql.auto.conf` (after the recovery
+/// settings, so they win), under a comment saying why.
+pub fn append_settings(pgdata: &Path, why: &str, settings: &[(&str, String)]) -> Result<(), RestoreError> {
+    let mut conf = format!("\n# {why}\n");
+    for (name, value) in settings {
+        conf.push_str(&format!("{name} = {}\n", conf_quote(value)));
+    }
+    let auto = pgdata.join("postgresql.auto.conf");
+    let mut f = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(&auto).map_err(write_err(&auto))?;
+    f.write_all(conf.as_bytes()).map_err(write_err(&auto))
 }
 
 fn write_recovery_settings(pgdata: &Path, manifest: &Manifest, opts: &RestoreOptions) -> Result<(), RestoreError> {

@@ -1,0 +1,109 @@
+//! End-to-end test of scratch restores from SQL on a real PostgreSQL 15 cluster:
+//! `backup.restore()` to a time target and to the end of the archive at once (each gets its own
+//! instance), both queried as of their targets, then removed with `backup.restore_stop()`; an
+//! unknown backup fails with its reason in `backup.restores`, a directory inside the live data
+//! directory is refused.
+
+use e2e::*;
+use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+/// (status, pgdata, socket_dir, port, error) of restore `id`.
+fn restore_row(c: &Cluster, id: &str) -> (String, String, String, String, String) {
+    let row = c.psql(&format!("SELECT status || '|' || pgdata || '|' || socket_dir || '|' || port || '|' || coalesce(error, '') FROM backup.restores WHERE id = {id}"));
+    let f: Vec<&str> = row.splitn(5, '|').collect();
+    assert_eq!(f.len(), 5, "restore {id}: {row:?}");
+    (f[0].into(), f[1].into(), f[2].into(), f[3].into(), f[4].into())
+}
+
+#[track_caller]
+fn wait_status(c: &Cluster, id: &str, want: &str) -> (String, String, String, String, String) {
+    wait_until(&format!("restore {id} {want}"), WAIT, || {
+        let s = restore_row(c, id).0;
+        assert!(s == want || !["failed", "ready", "stopped"].contains(&s.as_str()), "restore {id} is {s}, not {want}: {:?}\n{}", restore_row(c, id), c.log_tail(30));
+        s == want
+    });
+    restore_row(c, id)
+}
+
+/// One query on a scratch instance, through its socket.
+fn scratch_sql(socket_dir: &str, port: &str, sql: &str) -> String {
+    let mut cmd = postgres_command(pg_bin("psql"));
+    cmd.args(["-X", "-A", "-t", "-h", socket_dir, "-p", port, "-d", "postgres", "-c", sql]);
+    let r = run(cmd, COMMAND_TIMEOUT);
+    r.assert_ok(&format!("query the scratch instance: {sql}"));
+    r.stdout.trim().to_string()
+}
+
+/// Scratch instances are postmasters of their own, not children of the test's cluster: if the
+/// test fails before `restore_stop()`, stop whatever still runs under the scratch directory.
+struct StopLeftovers(std::path::PathBuf);
+
+impl Drop for StopLeftovers {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if entry.path().join("postmaster.pid").exists() {
+                let mut cmd = postgres_command(pg_bin("pg_ctl"));
+                cmd.args(["stop", "-m", "immediate", "-D"]).arg(entry.path());
+                let _ = run(cmd, COMMAND_TIMEOUT);
+            }
+        }
+    }
+}
+
+#[test]
+fn scratch_restores_from_sql() {
+    let scratch = TestDir::new("scratch-dir");
+    let _leftovers = StopLeftovers(scratch.path().to_path_buf());
+    let wal_archiver = archiver_bin().to_string_lossy().into_owned();
+    let scratch_dir = scratch.path().to_string_lossy().into_owned();
+    let (_archiver, c) = extension_cluster("scratch", &[("backup.wal_archiver", wal_archiver.as_str()), ("backup.scratch_dir", scratch_dir.as_str())]);
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g");
+    c.psql("SELECT backup.start_full(wait => true)");
+    c.psql("INSERT INTO t SELECT g, 'after the backup' FROM generate_series(1001, 1500) g");
+    let target = c.psql("SELECT now()");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.psql("INSERT INTO t SELECT g, 'after the target' FROM generate_series(1501, 2200) g");
+    let last = c.switch_wal();
+    c.wait_archived(&last, WAIT);
+
+    // Two restores at once: each its own directory and instance.
+    let at_time = c.psql(&format!("SELECT backup.restore(target_time => '{target}')"));
+    let latest = c.psql("SELECT backup.restore()");
+    assert_ne!(at_time, latest);
+    let (_, data1, sock1, port1, _) = wait_status(&c, &at_time, "ready");
+    let (_, data2, sock2, port2, _) = wait_status(&c, &latest, "ready");
+    assert_ne!(data1, data2);
+    assert!(data1.starts_with(&scratch_dir) && data2.starts_with(&scratch_dir), "{data1} {data2}");
+    assert_eq!(scratch_sql(&sock1, &port1, "SELECT count(*) FROM t"), "1500", "as of the target time");
+    assert_eq!(scratch_sql(&sock2, &port2, "SELECT count(*) FROM t"), "2200", "at the end of the archive");
+    assert_eq!(scratch_sql(&sock1, &port1, "SELECT pg_is_in_recovery()"), "f", "promoted");
+    assert_eq!(scratch_sql(&sock1, &port1, "SHOW archive_mode"), "off");
+    assert_eq!(scratch_sql(&sock1, &port1, "SHOW listen_addresses"), "");
+    assert_eq!(scratch_sql(&sock1, &port1, "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'pg_backup_ext%'"), "0", "no scheduler, alerts or HTTP server of its own");
+    let progress = c.psql(&format!("SELECT bytes_done = bytes_total AND bytes_total > 0 AND restored_at <= ready_at AND backup_id IS NOT NULL FROM backup.restores WHERE id = {at_time}"));
+    assert_eq!(progress, "t");
+    // The live cluster is untouched: its rows and its archiving.
+    assert_eq!(c.psql("SELECT count(*) FROM t"), "2200");
+
+    for id in [&at_time, &latest] {
+        c.psql(&format!("SELECT backup.restore_stop({id})"));
+        let (status, data, ..) = restore_row(&c, id);
+        assert_eq!(status, "stopped");
+        assert!(!Path::new(&data).exists(), "{data} removed");
+    }
+    c.psql(&format!("SELECT backup.restore_stop({at_time})")); // stopping twice is fine
+
+    // An unknown backup: the worker fails and says why; nothing is left behind.
+    let unknown = c.psql("SELECT backup.restore(backup_id => 'backup_19990101_000000')");
+    let (_, data, _, _, error) = wait_status(&c, &unknown, "failed");
+    assert!(error.contains("backup_19990101_000000"), "{error}");
+    assert!(!Path::new(&data).join("PG_VERSION").exists());
+    // Inside the live data directory: refused at once.
+    let inside = c.try_psql(&format!("SELECT backup.restore(\"into\" => '{}/scratch')", c.pgdata.display()));
+    assert!(!inside.success() && inside.output().contains("inside the live data directory"), "{}", inside.output());
+    let stop_unknown = c.try_psql("SELECT backup.restore_stop(999999)");
+    assert!(!stop_unknown.success() && stop_unknown.output().contains("no restore 999999"), "{}", stop_unknown.output());
+}

@@ -127,7 +127,8 @@ COMMENT ON TABLE backup.alert_deliveries IS 'Alert notifications per channel and
 -- Scratch restores (backup.restore()): a backup restored beside the live cluster into
 -- backup.scratch_dir and started there as its own instance (local connections only, archiving
 -- off) once recovered to its target; backup.restore_stop() removes it. The restore worker
--- writes the row; status: starting → restoring → recovering → ready, or failed, or stopped.
+-- writes the row; status: starting → restoring → recovering → ready, or failed, or stopped;
+-- a table restore (backup.restore_table()) goes on: ready → copying → done, its instance gone.
 CREATE TABLE backup.restores (
     id            bigserial PRIMARY KEY,
     backup_id     text,
@@ -136,7 +137,15 @@ CREATE TABLE backup.restores (
     target_kind   text NOT NULL CHECK (target_kind IN ('latest', 'immediate', 'time', 'lsn', 'xid', 'name')),
     target_value  text,
     status        text NOT NULL DEFAULT 'starting'
-                  CHECK (status IN ('starting', 'restoring', 'recovering', 'ready', 'failed', 'stopped')),
+                  CHECK (status IN ('starting', 'restoring', 'recovering', 'ready', 'copying', 'done', 'failed', 'stopped')),
+    -- backup.restore_table(): the table, how its rows come back (new_table, merge_missing,
+    -- replace), where to, which rows, and how many were copied; the scratch instance is removed
+    -- once they are in ('done')
+    table_name    text,
+    mode          text CHECK (mode IN ('new_table', 'merge_missing', 'replace')),
+    into_table    text,
+    where_clause  text,
+    rows_copied   bigint,
     pgdata        text NOT NULL,
     socket_dir    text NOT NULL,
     port          int NOT NULL,

@@ -40,3 +40,16 @@ RETURNS bigint LANGUAGE sql VOLATILE AS $$
 $$;
 COMMENT ON FUNCTION backup.restore(text, timestamptz, pg_lsn, text, text, boolean, text, int) IS
     'Restore a backup into a scratch instance beside the live cluster (backup.restores shows it; backup.restore_stop() removes it)';
+
+CREATE FUNCTION backup.restore_table(table_name text, target_time timestamptz DEFAULT NULL,
+                                     backup_id text DEFAULT NULL, target_lsn pg_lsn DEFAULT NULL,
+                                     target_xid text DEFAULT NULL, target_name text DEFAULT NULL,
+                                     mode text DEFAULT 'new_table', "into" text DEFAULT NULL,
+                                     where_clause text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql VOLATILE AS $$
+    SELECT backup.restore_table_scratch(table_name, backup_id,
+                                        to_char(target_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US"+00:00"'),
+                                        target_lsn::text, target_xid, target_name, mode, "into", where_clause)
+$$;
+COMMENT ON FUNCTION backup.restore_table(text, timestamptz, text, pg_lsn, text, text, text, text, text) IS
+    'Restore a table as of a target into the live database: new_table, merge_missing (rows whose key is gone) or replace; follow it in backup.restores';

@@ -41,6 +41,50 @@ pub struct Request<'a> {
     pub target: RecoveryTarget,
     pub into: Option<&'a str>,
     pub port: Option<i32>,
+    /// `backup.restore_table()`: copy this table's rows back, then remove the instance.
+    pub table: Option<TableRequest<'a>>,
+}
+
+/// What `backup.restore_table()` copies back, and how.
+pub struct TableRequest<'a> {
+    pub table: &'a str,
+    pub mode: TableMode,
+    /// The table the rows go into (`new_table`; default `restored.<table>_<time>`).
+    pub into_table: Option<&'a str>,
+    /// Which rows (SQL, run on the scratch instance; in `replace`, also the rows deleted live).
+    pub where_clause: Option<&'a str>,
+}
+
+/// How a table's rows come back into the live database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableMode {
+    /// Into a new table beside the live one.
+    NewTable,
+    /// Rows whose primary key is no longer in the live table (deleted by mistake).
+    MergeMissing,
+    /// The live rows (matching `where_clause`) replaced by the restored ones, in one
+    /// transaction. Superuser only.
+    Replace,
+}
+
+impl TableMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableMode::NewTable => "new_table",
+            TableMode::MergeMissing => "merge_missing",
+            TableMode::Replace => "replace",
+        }
+    }
+}
+
+impl std::str::FromStr for TableMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TableMode, String> {
+        [TableMode::NewTable, TableMode::MergeMissing, TableMode::Replace]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("mode {s:?} is not one of new_table, merge_missing, replace"))
+    }
 }
 
 /// Record the restore and launch its worker; the worker starts once the caller's transaction
@@ -71,6 +115,16 @@ pub fn start(req: &Request) -> Result<i64, String> {
     if pgdata.exists() && std::fs::read_dir(&pgdata).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(format!("{} exists and is not empty; restore into a new directory", pgdata.display()));
     }
+    if let Some(t) = &req.table {
+        // The live table must be there to merge into or replace (a dropped one comes back
+        // with new_table).
+        if t.mode != TableMode::NewTable && Spi::get_one_with_args::<bool>("SELECT to_regclass($1) IS NULL", &[t.table.into()]).map_err(|e| e.to_string())?.unwrap_or(true) {
+            return Err(format!("table {} does not exist in this database; restore it with mode => 'new_table'", t.table));
+        }
+        if t.mode == TableMode::Replace && !Spi::get_one::<bool>("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").map_err(|e| e.to_string())?.unwrap_or(false) {
+            return Err("mode => 'replace' rewrites live rows: superuser only; use merge_missing or new_table".into());
+        }
+    }
     let (target_kind, target_value) = target_columns(&req.target);
     let port = req.port.unwrap_or_else(|| crate::postgres::server_port());
     if !(1..=65535).contains(&port) {
@@ -85,6 +139,10 @@ pub fn start(req: &Request) -> Result<i64, String> {
         socket_dir: &pgdata.to_string_lossy(),
         port,
         listen_tcp: req.port.is_some(),
+        table_name: req.table.as_ref().map(|t| t.table),
+        mode: req.table.as_ref().map(|t| t.mode.as_str()),
+        into_table: req.table.as_ref().and_then(|t| t.into_table),
+        where_clause: req.table.as_ref().and_then(|t| t.where_clause),
     };
     rows::insert(&new).map_err(|e| e.to_string())?;
     let extra = format!("{id} {}", crate::postgres::database_oid());
@@ -174,7 +232,21 @@ pub extern "C-unwind" fn pg_backup_ext_restore_main(_arg: pg_sys::Datum) {
         }
     };
     let pgdata = PathBuf::from(&row.pgdata);
-    match run(&worker, &row, &pgdata) {
+    let result = run(&worker, &row, &pgdata).and_then(|replayed| match &row.table_name {
+        None => Ok(replayed),
+        Some(_) => {
+            let copied = copy_table(&row, &pgdata);
+            // The instance served its purpose, whatever came of the copy.
+            stop_instance(&pgdata);
+            remove_scratch(&pgdata);
+            let (rows, into) = copied?;
+            transaction(|| Ok(rows::done(id, rows, &into)?)).map_err(|e| e.to_string())?;
+            log!("pg_backup_ext: restore {id}: {rows} row(s) of {} copied into {into}", row.table_name.as_deref().unwrap_or_default());
+            Err(String::new()) // done: no instance to report ready
+        }
+    });
+    match result {
+        Err(e) if e.is_empty() => {}
         Ok(replayed) => {
             if let Err(e) = transaction(|| Ok(rows::ready(id, replayed)?)) {
                 log!("pg_backup_ext: restore {id} is ready but could not be recorded: {e}");
@@ -280,6 +352,130 @@ fn run(worker: &Worker, row: &Restore, pgdata: &Path) -> Result<Option<i64>, Str
     Ok(replayed)
 }
 
+/// Quote a SQL string literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Copy the table's rows from the scratch instance into the live database (this worker's), as
+/// the row's mode says; rows copied and the table they went into.
+fn copy_table(row: &Restore, pgdata: &Path) -> Result<(i64, String), String> {
+    let table = row.table_name.as_deref().unwrap_or_default();
+    let mode: TableMode = row.mode.as_deref().unwrap_or("new_table").parse()?;
+    transaction(|| Ok(rows::copying(row.id)?)).map_err(|e| e.to_string())?;
+    let database = transaction(|| Ok(Spi::get_one::<String>("SELECT current_database()::text")?.unwrap_or_default())).map_err(|e| e.to_string())?;
+    // The table as it was at the target: its columns (name and type), in order.
+    let columns = scratch_sql(
+        row,
+        &database,
+        &format!(
+            "SELECT quote_ident(attname) || ' ' || format_type(atttypid, atttypmod) FROM pg_attribute
+              WHERE attrelid = to_regclass({})::oid AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            literal(table)
+        ),
+    )?;
+    let defs: Vec<(String, String)> = columns
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_once(' ').map(|(n, t)| (n.to_string(), t.to_string())).unwrap_or_default())
+        .collect();
+    if defs.is_empty() {
+        return Err(format!("table {table} did not exist in database {database} at the target; pick another target or check the name"));
+    }
+    let names: Vec<&str> = defs.iter().map(|(n, _)| n.as_str()).collect();
+    let filter = row.where_clause.as_deref().map(|w| format!(" WHERE {w}")).unwrap_or_default();
+    // Rows to a file beside the scratch directory, read by the live server's COPY.
+    let file = PathBuf::from(format!("{}.rows", pgdata.display()));
+    let out = std::fs::File::create(&file).map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+    let copy = format!("COPY (SELECT {} FROM {table}{filter}) TO STDOUT", names.join(", "));
+    let status = Command::new(crate::postgres::bin_directory().join("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-h", &row.socket_dir, "-p", &row.port.to_string(), "-d", &database, "-c", &copy])
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !status.status.success() {
+        return Err(format!("reading {table} from the restored instance failed: {}", String::from_utf8_lossy(&status.stderr).trim()));
+    }
+    let defs_sql = defs.iter().map(|(n, t)| format!("{n} {t}")).collect::<Vec<_>>().join(", ");
+    let file_lit = literal(&file.to_string_lossy());
+    let result = transaction(|| {
+        let copied = match mode {
+            TableMode::NewTable => {
+                let into = match &row.into_table {
+                    Some(t) => t.clone(),
+                    None => {
+                        let base = table.rsplit('.').next().unwrap_or(table).trim_matches('"');
+                        Spi::run("CREATE SCHEMA IF NOT EXISTS restored")?;
+                        format!("restored.{}", Spi::get_one_with_args::<String>("SELECT quote_ident($1 || to_char(now(), '_YYYYMMDD_HH24MISS'))", &[base.into()])?.unwrap_or_default())
+                    }
+                };
+                Spi::run(&format!("CREATE TABLE {into} ({defs_sql})"))?;
+                Spi::run(&format!("COPY {into} ({}) FROM {file_lit}", names.join(", ")))?;
+                let n = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {into}"))?.unwrap_or(0);
+                (n, into)
+            }
+            TableMode::MergeMissing | TableMode::Replace => {
+                let live: Vec<String> = Spi::get_one_with_args::<Vec<String>>(
+                    "SELECT array_agg(quote_ident(attname)::text ORDER BY attnum) FROM pg_attribute WHERE attrelid = to_regclass($1)::oid AND attnum > 0 AND NOT attisdropped",
+                    &[table.into()],
+                )?
+                .unwrap_or_default();
+                // Columns added or dropped since the target: only those both have are copied.
+                let common: Vec<&str> = names.iter().copied().filter(|n| live.iter().any(|l| l == n)).collect();
+                let pk = Spi::get_one_with_args::<String>(
+                    "SELECT string_agg(quote_ident(a.attname), ', ') FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                      WHERE i.indrelid = to_regclass($1)::oid AND i.indisprimary",
+                    &[table.into()],
+                )?;
+                Spi::run(&format!("CREATE TEMP TABLE pg_backup_ext_restored ({defs_sql}) ON COMMIT DROP"))?;
+                Spi::run(&format!("COPY pg_backup_ext_restored ({}) FROM {file_lit}", names.join(", ")))?;
+                let cols = common.join(", ");
+                let n = if mode == TableMode::MergeMissing {
+                    let Some(pk) = pk else {
+                        return Ok(Err(format!("table {table} has no primary key: merge_missing cannot tell which rows are missing; use mode => 'new_table' and merge by hand")));
+                    };
+                    // Rows whose key the live table no longer has; a key written since (or
+                    // concurrently) wins.
+                    Spi::get_one::<i64>(&format!(
+                        "WITH ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM pg_backup_ext_restored ON CONFLICT ({pk}) DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
+                    ))?
+                    .unwrap_or(0)
+                } else {
+                    Spi::run(&format!("DELETE FROM {table}{filter}"))?;
+                    Spi::get_one::<i64>(&format!("WITH ins AS (INSERT INTO {table} ({cols}) SELECT {cols} FROM pg_backup_ext_restored RETURNING 1) SELECT count(*) FROM ins"))?.unwrap_or(0)
+                };
+                (n, table.to_string())
+            }
+        };
+        Ok(Ok(copied))
+    });
+    let _ = std::fs::remove_file(&file);
+    result.map_err(|e| format!("copying into the live database: {e}"))?
+}
+
+/// One query on the scratch instance, in `database`.
+fn scratch_sql(row: &Restore, database: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(crate::postgres::bin_directory().join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &row.socket_dir, "-p", &row.port.to_string(), "-d", database, "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("the restored instance: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+fn remove_scratch(pgdata: &Path) {
+    for dir in [pgdata.to_path_buf(), PathBuf::from(format!("{}_tablespaces", pgdata.display()))] {
+        if dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let _ = std::fs::remove_file(log_file(pgdata));
+}
+
 /// Tablespaces go beside the scratch data directory (never onto the live ones).
 fn tablespace_map(m: &backup_core::pg::backup::Manifest, pgdata: &Path) -> std::collections::BTreeMap<u32, PathBuf> {
     let base = PathBuf::from(format!("{}_tablespaces", pgdata.display()));
@@ -343,19 +539,9 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Run one query on a scratch instance.
-fn psql(pgdata: &Path, row: &Restore, sql: &str) -> Result<String, String> {
-    let _ = pgdata;
-    let out = Command::new(crate::postgres::bin_directory().join("psql"))
-        .args(["-X", "-A", "-t", "-h", &row.socket_dir, "-p", &row.port.to_string(), "-d", "postgres", "-c", sql])
-        .env_remove("PGSERVICE")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+/// Run one query on a scratch instance, in database postgres.
+fn psql(_pgdata: &Path, row: &Restore, sql: &str) -> Result<String, String> {
+    scratch_sql(row, "postgres", sql)
 }
 
 /// Stop a scratch instance if one runs in `pgdata` (fast shutdown).
@@ -375,7 +561,7 @@ pub fn stop_instance(pgdata: &Path) {
 /// its directory (and its tablespaces' and log).
 pub fn stop(id: i64) -> Result<(), String> {
     let row = rows::get(id).map_err(|e| e.to_string())?.ok_or_else(|| format!("there is no restore {id}; see backup.restores"))?;
-    if row.status == "stopped" {
+    if row.status == "stopped" || row.status == "done" {
         return Ok(());
     }
     if let Some(pid) = row.worker_pid {
@@ -388,11 +574,9 @@ pub fn stop(id: i64) -> Result<(), String> {
     }
     let pgdata = PathBuf::from(&row.pgdata);
     stop_instance(&pgdata);
-    for dir in [pgdata.clone(), PathBuf::from(format!("{}_tablespaces", pgdata.display()))] {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
-        }
+    remove_scratch(&pgdata);
+    if pgdata.exists() {
+        return Err(format!("cannot remove {}; remove it by hand", pgdata.display()));
     }
-    let _ = std::fs::remove_file(log_file(&pgdata));
     rows::stopped(id).map_err(|e| e.to_string())
 }

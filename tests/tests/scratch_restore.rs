@@ -107,3 +107,74 @@ fn scratch_restores_from_sql() {
     let stop_unknown = c.try_psql("SELECT backup.restore_stop(999999)");
     assert!(!stop_unknown.success() && stop_unknown.output().contains("no restore 999999"), "{}", stop_unknown.output());
 }
+
+/// Wait for a table restore to end; its rows copied and the table they went into.
+#[track_caller]
+fn wait_done(c: &Cluster, id: &str) -> (i64, String) {
+    wait_status(c, id, "done");
+    let row = c.psql(&format!("SELECT rows_copied || '|' || into_table FROM backup.restores WHERE id = {id}"));
+    let (rows, into) = row.split_once('|').unwrap_or_else(|| panic!("{row:?}"));
+    (rows.parse().unwrap(), into.to_string())
+}
+
+/// The DBA's case: someone deleted old orders at 14:31; put them back without losing the orders
+/// placed since, while the application keeps writing. Then the table as of that moment into a
+/// new table, and rows overwritten by mistake replaced.
+#[test]
+fn table_restore_in_three_modes_under_writes() {
+    let scratch = TestDir::new("table-scratch-dir");
+    let _leftovers = StopLeftovers(scratch.path().to_path_buf());
+    let wal_archiver = archiver_bin().to_string_lossy().into_owned();
+    let scratch_dir = scratch.path().to_string_lossy().into_owned();
+    let (_archiver, c) = extension_cluster("table-restore", &[("backup.wal_archiver", wal_archiver.as_str()), ("backup.scratch_dir", scratch_dir.as_str())]);
+    c.psql(
+        "CREATE TABLE orders (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL, item text NOT NULL);
+         INSERT INTO orders (created_at, item) SELECT now() - (3000 - g) * interval '1 hour', 'item ' || g FROM generate_series(1, 3000) g",
+    );
+    c.psql("SELECT backup.start_full(wait => true)");
+    c.psql("INSERT INTO orders (created_at, item) SELECT now(), 'after the backup ' || g FROM generate_series(1, 200) g");
+    let before_delete = c.psql("SELECT now()");
+    std::thread::sleep(Duration::from_millis(1200));
+    let deleted = c.psql("WITH d AS (DELETE FROM orders WHERE created_at < now() - interval '2000 hours' RETURNING 1) SELECT count(*) FROM d");
+    assert_eq!(deleted, "1000");
+    // The application goes on writing orders, before and during the restore.
+    let script = c.dir().write("orders.sql", "INSERT INTO orders (created_at, item) VALUES (now(), 'concurrent');\n");
+    let writer = c.spawn_pgbench(&["-n", "-c", "2", "-R", "50", "-T", "600", "-f", &script.to_string_lossy()]);
+    c.psql("INSERT INTO orders (created_at, item) SELECT now(), 'placed since ' || g FROM generate_series(1, 50) g");
+    let last = c.switch_wal();
+    c.wait_archived(&last, WAIT);
+
+    // merge_missing: exactly the deleted rows come back, with their ids and values.
+    let id = c.psql(&format!("SELECT backup.restore_table('orders', target_time => '{before_delete}', mode => 'merge_missing')"));
+    let (rows, into) = wait_done(&c, &id);
+    assert_eq!((rows, into.as_str()), (1000, "orders"));
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE id <= 1000"), "1000");
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE id <= 1000 AND item <> 'item ' || id"), "0");
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE item LIKE 'placed since %'"), "50", "rows written since are untouched");
+    assert!(!Path::new(&restore_row(&c, &id).1).exists(), "the scratch instance is removed");
+
+    // new_table: the table as it was, beside the live one.
+    let id = c.psql(&format!("SELECT backup.restore_table('orders', target_time => '{before_delete}')"));
+    let (rows, into) = wait_done(&c, &id);
+    assert_eq!(rows, 3200);
+    assert!(into.starts_with("restored.orders_"), "{into}");
+    assert_eq!(c.psql(&format!("SELECT count(*) FROM {into}")), "3200");
+
+    // replace, with a filter: rows overwritten by mistake get their old values back.
+    c.psql("UPDATE orders SET item = 'oops' WHERE id BETWEEN 1 AND 100");
+    std::thread::sleep(Duration::from_millis(1200));
+    let id = c.psql(&format!("SELECT backup.restore_table('orders', target_time => '{before_delete}', mode => 'replace', where_clause => 'id BETWEEN 1 AND 100')"));
+    let (rows, _) = wait_done(&c, &id);
+    assert_eq!(rows, 100);
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE item = 'oops'"), "0");
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE item LIKE 'placed since %'"), "50");
+
+    let concurrent: i64 = c.psql("SELECT count(*) FROM orders WHERE item = 'concurrent'").parse().unwrap();
+    writer.stop();
+    assert!(concurrent > 0, "the application wrote while the restores ran");
+    assert_eq!(c.psql("SELECT count(*) FROM orders WHERE id <= 1000 AND item LIKE 'item %'"), "1000", "nothing lost by the replace");
+
+    // Refusals: an unknown mode at once.
+    let bad = c.try_psql("SELECT backup.restore_table('orders', mode => 'upsert')");
+    assert!(!bad.success() && bad.output().contains("upsert"), "{}", bad.output());
+}

@@ -20,6 +20,10 @@ pub struct Restore {
     pub port: i32,
     pub listen_tcp: bool,
     pub worker_pid: Option<i32>,
+    pub table_name: Option<String>,
+    pub mode: Option<String>,
+    pub into_table: Option<String>,
+    pub where_clause: Option<String>,
 }
 
 /// The next id, to name the scratch directory before the row exists.
@@ -36,12 +40,30 @@ pub struct NewRestore<'a> {
     pub socket_dir: &'a str,
     pub port: i32,
     pub listen_tcp: bool,
+    pub table_name: Option<&'a str>,
+    pub mode: Option<&'a str>,
+    pub into_table: Option<&'a str>,
+    pub where_clause: Option<&'a str>,
 }
 
 pub fn insert(r: &NewRestore) -> CatalogResult<()> {
     Spi::run_with_args(
-        "INSERT INTO backup.restores (id, backup_id, target_kind, target_value, pgdata, socket_dir, port, listen_tcp) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[r.id.into(), r.backup_id.into(), r.target_kind.into(), r.target_value.into(), r.pgdata.into(), r.socket_dir.into(), r.port.into(), r.listen_tcp.into()],
+        "INSERT INTO backup.restores (id, backup_id, target_kind, target_value, pgdata, socket_dir, port, listen_tcp, table_name, mode, into_table, where_clause)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            r.id.into(),
+            r.backup_id.into(),
+            r.target_kind.into(),
+            r.target_value.into(),
+            r.pgdata.into(),
+            r.socket_dir.into(),
+            r.port.into(),
+            r.listen_tcp.into(),
+            r.table_name.into(),
+            r.mode.into(),
+            r.into_table.into(),
+            r.where_clause.into(),
+        ],
     )
 }
 
@@ -86,4 +108,15 @@ pub fn stopped(id: i64) -> CatalogResult<()> {
 /// Whether the worker `pid` still runs.
 pub fn worker_alive(pid: i32) -> CatalogResult<bool> {
     Ok(Spi::get_one_with_args::<bool>("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_type = 'pg_backup_ext restore')", &[pid.into()])?.unwrap_or(false))
+}
+
+pub fn copying(id: i64) -> CatalogResult<()> {
+    Spi::run_with_args("UPDATE backup.restores SET status = 'copying' WHERE id = $1", &[id.into()])
+}
+
+pub fn done(id: i64, rows: i64, into_table: &str) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "UPDATE backup.restores SET status = 'done', rows_copied = $2, into_table = $3, stopped_at = now(), worker_pid = NULL WHERE id = $1",
+        &[id.into(), rows.into(), into_table.into()],
+    )
 }

@@ -345,7 +345,9 @@ fn run(worker: &Worker, row: &Restore, pgdata: &Path) -> Result<Option<i64>, Str
         ],
     )
     .map_err(|e| report(&e))?;
-    transaction(|| Ok(rows::recovering(row.id, &backup_id)?)).map_err(|e| e.to_string())?;
+    // Said here too: a small restore ends before its first progress report.
+    let bytes = progress.bytes_total.load(Ordering::Relaxed) as i64;
+    transaction(|| Ok(rows::recovering(row.id, &backup_id, bytes)?)).map_err(|e| e.to_string())?;
     start_instance(worker, pgdata)?;
     wait_promoted(worker, pgdata, row)?;
     let replayed = psql(pgdata, row, &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')::bigint")).ok().and_then(|s| s.trim().parse().ok());

@@ -86,10 +86,11 @@ pub fn progress(id: i64, done: i64, total: i64) -> CatalogResult<()> {
     Spi::run_with_args("UPDATE backup.restores SET bytes_done = $2, bytes_total = $3 WHERE id = $1", &[id.into(), done.into(), total.into()])
 }
 
-pub fn recovering(id: i64, backup_id: &str) -> CatalogResult<()> {
+/// The files are in (`bytes`: their size, the final progress): recovery starts.
+pub fn recovering(id: i64, backup_id: &str, bytes: i64) -> CatalogResult<()> {
     Spi::run_with_args(
-        "UPDATE backup.restores SET status = 'recovering', restored_at = now(), backup_id = $2, bytes_done = bytes_total WHERE id = $1",
-        &[id.into(), backup_id.into()],
+        "UPDATE backup.restores SET status = 'recovering', restored_at = now(), backup_id = $2, bytes_done = $3, bytes_total = $3 WHERE id = $1",
+        &[id.into(), backup_id.into(), bytes.into()],
     )
 }
 

@@ -53,7 +53,7 @@ COMMENT ON TABLE backup.events IS 'Job log: what the backup workers did and what
 -- schedule starts counting from: a changed or re-enabled job never catches up runs from before.
 CREATE TABLE backup.schedules (
     name        text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$'),
-    kind        text NOT NULL CHECK (kind IN ('full', 'incremental', 'verify', 'cleanup', 'health', 'copy')),
+    kind        text NOT NULL CHECK (kind IN ('full', 'incremental', 'verify', 'cleanup', 'health', 'copy', 'restore_test')),
     cron        text NOT NULL,
     time_zone   text NOT NULL,
     enabled     boolean NOT NULL DEFAULT true,
@@ -141,6 +141,8 @@ CREATE TABLE backup.restores (
     -- backup.restore_table(): the table, how its rows come back (new_table, merge_missing,
     -- replace), where to, which rows, and how many were copied; the scratch instance is removed
     -- once they are in ('done')
+    -- instance (backup.restore()), table (backup.restore_table()), test (backup.restore_test())
+    purpose       text NOT NULL DEFAULT 'instance' CHECK (purpose IN ('instance', 'table', 'test')),
     table_name    text,
     mode          text CHECK (mode IN ('new_table', 'merge_missing', 'replace')),
     into_table    text,
@@ -163,6 +165,33 @@ CREATE TABLE backup.restores (
 );
 COMMENT ON TABLE backup.restores IS 'Scratch restores: backup.restore() starts one, backup.restore_stop() removes it';
 
+-- Restore tests (backup.restore_test(), the scheduler's restore_test job): a scratch restore of
+-- the newest backup, checked (pg_amcheck on every database, the schema against the live one,
+-- backup.restore_checks), timed by phase, then removed. rto_seconds: from the start to a
+-- promoted, queryable instance.
+CREATE TABLE backup.restore_tests (
+    id                bigserial PRIMARY KEY,
+    restore_id        bigint NOT NULL,
+    backup_id         text,
+    status            text NOT NULL CHECK (status IN ('passed', 'failed')),
+    problems          text[] NOT NULL DEFAULT '{}',
+    rto_seconds       double precision,
+    restore_seconds   double precision,
+    recovery_seconds  double precision,
+    check_seconds     double precision,
+    started_at        timestamptz NOT NULL,
+    finished_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE backup.restore_tests IS 'Restore tests: what was checked, what failed, and the measured recovery time';
+
+-- Queries a restore test runs on the restored instance, in `database`; each must return true.
+CREATE TABLE backup.restore_checks (
+    name      text PRIMARY KEY,
+    database  text NOT NULL DEFAULT current_database(),
+    query     text NOT NULL
+);
+COMMENT ON TABLE backup.restore_checks IS 'User checks for restore tests: a query returning true on a sound restore';
+
 -- Keep the catalog in pg_dump output.
 SELECT pg_catalog.pg_extension_config_dump('backup.backups', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
@@ -171,6 +200,8 @@ SELECT pg_catalog.pg_extension_config_dump('backup.events', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.alerts', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.restores', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.restore_tests', '');
+SELECT pg_catalog.pg_extension_config_dump('backup.restore_checks', '');
 SELECT pg_catalog.pg_extension_config_dump('backup.alert_deliveries', '');
 
 -- A worker that died (kill -9, crash restart, server stop) cannot mark its own row: whoever

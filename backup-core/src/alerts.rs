@@ -116,6 +116,7 @@ pub fn summary(key: &str, status: Status) -> String {
         "incremental_backup_age" => "no recent incremental backup (a scheduled backup is missing)".to_string(),
         "last_backup" => "the last backup failed".to_string(),
         "verification" => "backup verification failed".to_string(),
+        "restore_test" => "a restore test failed".to_string(),
         "backup_duration" => "backups got slower (performance degradation)".to_string(),
         "missed_runs" => "scheduled runs were missed".to_string(),
         "scheduler" => "the backup scheduler is not running".to_string(),

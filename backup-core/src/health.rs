@@ -119,6 +119,9 @@ pub struct Observations {
     /// Scheduled runs recorded as skipped or interrupted in the last day.
     #[serde(default)]
     pub missed_runs: Vec<MissedRun>,
+    /// The newest restore test.
+    #[serde(default)]
+    pub last_restore_test: Option<LastRestoreTest>,
     pub scheduler_enabled: bool,
     pub scheduler_running: bool,
     /// Why the configuration file (repositories, keys) could not be read, if it could not.
@@ -170,6 +173,17 @@ pub struct Completed {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+pub struct LastRestoreTest {
+    pub id: i64,
+    pub backup_id: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub problems: Vec<String>,
+    pub rto_seconds: Option<f64>,
+    pub finished_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
 pub struct MissedRun {
     pub job: String,
     pub scheduled_for: DateTime<Utc>,
@@ -203,6 +217,7 @@ pub fn evaluate(o: &Observations, t: &Thresholds, now: DateTime<Utc>) -> Vec<Che
     checks.push(verification(o));
     checks.push(duration_trend(o, t));
     checks.push(missed_runs(o));
+    checks.push(restore_test(o));
     checks.push(scheduler(o));
     if let Some(e) = &o.config_error {
         checks.push(Check::new("configuration", Status::Critical, None, None, format!("{e}: no repository can be reached, so backups, archiving and restores fail; fix backup.config_file or the file it names")));
@@ -361,6 +376,32 @@ fn missed_runs(o: &Observations) -> Check {
         newest.message.as_deref().unwrap_or("no reason recorded")
     );
     Check::new("missed_runs", Status::Warning, Some(o.missed_runs.len().to_string()), threshold, message)
+}
+
+fn restore_test(o: &Observations) -> Check {
+    let threshold = Some("passed".to_string());
+    match &o.last_restore_test {
+        None => Check::new("restore_test", Status::Ok, None, threshold, "no restore test has run yet (the restore_test job runs weekly; SELECT backup.restore_test() runs one now)"),
+        Some(t) if t.status == "passed" => Check::new(
+            "restore_test",
+            Status::Ok,
+            Some(format!("passed at {}", t.finished_at.to_rfc3339())),
+            threshold,
+            format!("restore test {} of {} passed{}", t.id, t.backup_id.as_deref().unwrap_or("the newest backup"), t.rto_seconds.map(|s| format!(" (RTO {s:.1} s)")).unwrap_or_default()),
+        ),
+        Some(t) => Check::new(
+            "restore_test",
+            Status::Critical,
+            Some(format!("failed at {}", t.finished_at.to_rfc3339())),
+            threshold,
+            format!(
+                "restore test {} of {} failed: {}; see backup.restore_tests",
+                t.id,
+                t.backup_id.as_deref().unwrap_or("the newest backup"),
+                t.problems.first().map(String::as_str).unwrap_or("no problem recorded")
+            ),
+        ),
+    }
 }
 
 fn scheduler(o: &Observations) -> Check {

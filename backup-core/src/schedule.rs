@@ -85,11 +85,13 @@ pub enum JobKind {
     Health,
     /// Copy completed backups into another repository (the off-site copy).
     Copy,
+    /// Restore the newest backup into a scratch instance and check it (`backup.restore_test()`).
+    RestoreTest,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] =
-        [JobKind::Full, JobKind::Incremental, JobKind::Verify, JobKind::Cleanup, JobKind::Health, JobKind::Copy];
+    pub const ALL: [JobKind; 7] =
+        [JobKind::Full, JobKind::Incremental, JobKind::Verify, JobKind::Cleanup, JobKind::Health, JobKind::Copy, JobKind::RestoreTest];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -99,6 +101,7 @@ impl JobKind {
             JobKind::Cleanup => "cleanup",
             JobKind::Health => "health",
             JobKind::Copy => "copy",
+            JobKind::RestoreTest => "restore_test",
         }
     }
 }
@@ -544,6 +547,8 @@ pub fn default_jobs(env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<JobSpec>
         (JobKind::Verify, "0 3 * * 0", None),
         (JobKind::Cleanup, "0 4 1 * *", None),
         (JobKind::Health, "0 */6 * * *", None),
+        // Weekly, after Sunday's verify: a backup nobody has restored is a hope.
+        (JobKind::RestoreTest, "0 5 * * 0", None),
     ];
     defaults
         .into_iter()
@@ -1085,6 +1090,7 @@ mod tests {
             ("verify", JobKind::Verify, "0 3 * * 0"),
             ("cleanup", JobKind::Cleanup, "0 4 1 * *"),
             ("health", JobKind::Health, "0 */6 * * *"),
+            ("restore_test", JobKind::RestoreTest, "0 5 * * 0"),
         ];
         assert_eq!(jobs.len(), expected.len());
         for (job, (name, kind, cron)) in jobs.iter().zip(expected) {
@@ -1106,7 +1112,7 @@ mod tests {
         };
         let jobs = default_jobs(&env).unwrap();
         let crons: Vec<&str> = jobs.iter().map(|j| j.cron.as_str()).collect();
-        assert_eq!(crons, ["0 1 * * 6", "30 9-17 * * MON-FRI", "0 3 * * 0", "0 4 1 * *", "0 */6 * * *"]);
+        assert_eq!(crons, ["0 1 * * 6", "30 9-17 * * MON-FRI", "0 3 * * 0", "0 4 1 * *", "0 */6 * * *", "0 5 * * 0"]);
     }
 
     #[test]

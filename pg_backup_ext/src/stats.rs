@@ -57,6 +57,6 @@ pub fn stats(period: pgrx::datum::Interval) -> CatalogResult<Value> {
         }
     }
     doc["repositories"] = json!(repositories);
-    doc["rto"] = json!({ "seconds": null, "reason": RTO_UNKNOWN });
+    doc["rto"] = catalog::stats::rto()?.unwrap_or_else(|| json!({ "seconds": null, "reason": RTO_UNKNOWN }));
     Ok(doc)
 }

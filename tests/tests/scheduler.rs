@@ -121,6 +121,7 @@ fn scheduled_backups_run_unattended() {
          full full 0 2 * * * Asia/Ho_Chi_Minh true\n\
          health health 0 */6 * * * Asia/Ho_Chi_Minh true\n\
          incremental incremental 0 8-20 * * * Asia/Ho_Chi_Minh true\n\
+         restore_test restore_test 0 5 * * 0 Asia/Ho_Chi_Minh true\n\
          verify verify 0 3 * * 0 Asia/Ho_Chi_Minh true",
         "(a) default schedule"
     );

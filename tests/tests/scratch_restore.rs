@@ -178,3 +178,62 @@ fn table_restore_in_three_modes_under_writes() {
     let bad = c.try_psql("SELECT backup.restore_table('orders', mode => 'upsert')");
     assert!(!bad.success() && bad.output().contains("upsert"), "{}", bad.output());
 }
+
+/// (status, problems joined) of the restore test of restore `id`, once it has ended.
+#[track_caller]
+fn test_outcome(c: &Cluster, id: &str) -> (String, String) {
+    wait_until(&format!("restore test {id} recorded"), WAIT, || c.psql(&format!("SELECT count(*) FROM backup.restore_tests WHERE restore_id = {id}")) == "1");
+    let row = c.psql(&format!("SELECT status || '|' || array_to_string(problems, ' // ') FROM backup.restore_tests WHERE restore_id = {id}"));
+    let (status, problems) = row.split_once('|').unwrap();
+    (status.to_string(), problems.to_string())
+}
+
+/// A restore test passes on a sound backup, recording the RTO by phase (in backup.stats() too),
+/// and fails naming the problem when a check query fails, when the schema differs, and when a
+/// backup object is corrupted; health() then says so.
+#[test]
+fn restore_tests_pass_and_fail_naming_the_problem() {
+    let scratch = TestDir::new("test-scratch-dir");
+    let _leftovers = StopLeftovers(scratch.path().to_path_buf());
+    let wal_archiver = archiver_bin().to_string_lossy().into_owned();
+    let scratch_dir = scratch.path().to_string_lossy().into_owned();
+    let (archiver, c) = extension_cluster("restore-test", &[("backup.wal_archiver", wal_archiver.as_str()), ("backup.scratch_dir", scratch_dir.as_str())]);
+    c.psql("CREATE TABLE t (id int PRIMARY KEY, v text); CREATE INDEX ON t (v); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    let backup = c.psql("SELECT backup.start_full(wait => true)");
+    c.psql("INSERT INTO backup.restore_checks (name, query) VALUES ('t has rows', 'SELECT count(*) = 20000 FROM t')");
+
+    // Sound.
+    let id = c.psql("SELECT backup.restore_test()");
+    let (status, problems) = test_outcome(&c, &id);
+    assert_eq!(status, "passed", "{problems}");
+    let phases = c.psql(&format!("SELECT rto_seconds > 0 AND restore_seconds > 0 AND recovery_seconds >= 0 AND check_seconds > 0 AND abs(rto_seconds - restore_seconds - recovery_seconds) < 0.01 FROM backup.restore_tests WHERE restore_id = {id}"));
+    assert_eq!(phases, "t");
+    assert_eq!(c.psql("SELECT (backup.stats()->'rto'->>'seconds')::float > 0"), "t");
+    assert_eq!(c.psql("SELECT status FROM backup.health() WHERE name = 'restore_test'"), "ok");
+    assert!(!Path::new(&restore_row(&c, &id).1).exists(), "the instance is removed");
+
+    // A check that fails.
+    c.psql("INSERT INTO backup.restore_checks (name, query) VALUES ('impossible', 'SELECT count(*) > 1000000 FROM t')");
+    let (status, problems) = test_outcome(&c, &c.psql("SELECT backup.restore_test()"));
+    assert_eq!(status, "failed");
+    assert!(problems.contains("check impossible") && !problems.contains("t has rows"), "{problems}");
+    c.psql("DELETE FROM backup.restore_checks WHERE name = 'impossible'");
+
+    // The schema differs: a table created since the last archived WAL is not in the copy.
+    c.psql("SELECT pg_switch_wal()");
+    std::thread::sleep(Duration::from_secs(1));
+    c.psql("CREATE TABLE only_live (x int)");
+    let (status, problems) = test_outcome(&c, &c.psql("SELECT backup.restore_test()"));
+    assert_eq!(status, "failed");
+    assert!(problems.contains("only in the live cluster: relation public.only_live"), "{problems}");
+    c.psql("SELECT pg_switch_wal()");
+
+    // A corrupted backup object: the restore itself fails, naming it.
+    let key = archiver.storage().keys(&format!("backup/{backup}/data/")).into_iter().next().expect("a data object");
+    archiver.storage().flip_middle_bit(&key, 0x10);
+    let (status, problems) = test_outcome(&c, &c.psql(&format!("SELECT backup.restore_test('{backup}')")));
+    assert_eq!(status, "failed");
+    assert!(problems.contains("the restore failed") && problems.contains(&key), "{problems}");
+    let health = c.psql("SELECT status || ' ' || message FROM backup.health() WHERE name = 'restore_test'");
+    assert!(health.starts_with("critical") && health.contains(&key), "{health}");
+}

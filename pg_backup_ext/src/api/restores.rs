@@ -45,7 +45,7 @@ fn restore_scratch(
     port: Option<i32>,
 ) -> i64 {
     let target = target(target_time, target_lsn, target_xid, target_name, target_immediate);
-    let req = Request { backup_id, target, into, port, table: None };
+    let req = Request { backup_id, target, into, port, table: None, test: false };
     restore_worker::start(&req).unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
 }
 
@@ -68,7 +68,17 @@ fn restore_table_scratch(
     if into.is_some() && mode != TableMode::NewTable {
         error!("into names the new table of mode => 'new_table'; {} writes into {table_name} itself", mode.as_str());
     }
-    let req = Request { backup_id, target, into: None, port: None, table: Some(TableRequest { table: table_name, mode, into_table: into, where_clause }) };
+    let req = Request { backup_id, target, into: None, port: None, table: Some(TableRequest { table: table_name, mode, into_table: into, where_clause }), test: false };
+    restore_worker::start(&req).unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
+}
+
+/// Test a backup (default: the newest) by restoring it: a scratch instance recovered to the end
+/// of the archive, then checked (the schema against the live one, `backup.restore_checks`,
+/// `pg_amcheck`), timed, and removed. Returns the restore's id; the outcome goes to
+/// `backup.restore_tests` (and a failure to the alerts, through `backup.health()`).
+#[pg_extern(volatile)]
+fn restore_test(backup_id: default!(Option<&str>, "NULL")) -> i64 {
+    let req = Request { backup_id, target: RecoveryTarget::Latest, into: None, port: None, table: None, test: true };
     restore_worker::start(&req).unwrap_or_else(|e| error!("pg_backup_ext: {e}"))
 }
 

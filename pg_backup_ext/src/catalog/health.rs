@@ -43,6 +43,9 @@ pub fn observations() -> CatalogResult<(Observations, Option<Newest>, Option<New
                                          -- a later success of the job makes up for it
                                          AND NOT EXISTS (SELECT 1 FROM backup.job_runs s WHERE s.job = r.job AND s.status = 'succeeded'
                                                            AND s.scheduled_for > r.scheduled_for)), '[]'),
+             'last_restore_test', (SELECT jsonb_build_object('id', id, 'backup_id', backup_id, 'status', status, 'problems', problems,
+                                                              'rto_seconds', rto_seconds, 'finished_at', finished_at)
+                                     FROM backup.restore_tests ORDER BY id DESC LIMIT 1),
              'newest_full', (SELECT jsonb_build_object('id', id, 'start_time', start_time) FROM backup.backups
                                WHERE status = 'completed' AND type = 'full' ORDER BY id DESC LIMIT 1),
              'newest_any', (SELECT jsonb_build_object('id', id, 'start_time', start_time) FROM backup.backups

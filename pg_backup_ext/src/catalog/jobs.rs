@@ -248,7 +248,7 @@ mod tests {
     fn the_default_schedule_is_installed() {
         let jobs = jobs().unwrap();
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        assert_eq!(names, ["cleanup", "full", "health", "incremental", "verify"]);
+        assert_eq!(names, ["cleanup", "full", "health", "incremental", "restore_test", "verify"]);
         assert!(jobs.iter().all(|j| j.enabled && j.time_zone == "Asia/Ho_Chi_Minh" && j.kind.as_str() == j.name));
         let full = job("full").unwrap().unwrap();
         assert_eq!(full.cron, "0 2 * * *");

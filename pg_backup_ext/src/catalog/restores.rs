@@ -20,6 +20,7 @@ pub struct Restore {
     pub port: i32,
     pub listen_tcp: bool,
     pub worker_pid: Option<i32>,
+    pub purpose: String,
     pub table_name: Option<String>,
     pub mode: Option<String>,
     pub into_table: Option<String>,
@@ -40,6 +41,7 @@ pub struct NewRestore<'a> {
     pub socket_dir: &'a str,
     pub port: i32,
     pub listen_tcp: bool,
+    pub purpose: &'a str,
     pub table_name: Option<&'a str>,
     pub mode: Option<&'a str>,
     pub into_table: Option<&'a str>,
@@ -48,8 +50,8 @@ pub struct NewRestore<'a> {
 
 pub fn insert(r: &NewRestore) -> CatalogResult<()> {
     Spi::run_with_args(
-        "INSERT INTO backup.restores (id, backup_id, target_kind, target_value, pgdata, socket_dir, port, listen_tcp, table_name, mode, into_table, where_clause)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "INSERT INTO backup.restores (id, backup_id, target_kind, target_value, pgdata, socket_dir, port, listen_tcp, table_name, mode, into_table, where_clause, purpose)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             r.id.into(),
             r.backup_id.into(),
@@ -63,6 +65,7 @@ pub fn insert(r: &NewRestore) -> CatalogResult<()> {
             r.mode.into(),
             r.into_table.into(),
             r.where_clause.into(),
+            r.purpose.into(),
         ],
     )
 }
@@ -120,4 +123,22 @@ pub fn done(id: i64, rows: i64, into_table: &str) -> CatalogResult<()> {
         "UPDATE backup.restores SET status = 'done', rows_copied = $2, into_table = $3, stopped_at = now(), worker_pid = NULL WHERE id = $1",
         &[id.into(), rows.into(), into_table.into()],
     )
+}
+
+/// A restore test's outcome, timed by phase from the restore's row.
+pub fn record_test(id: i64, passed: bool, problems: Vec<String>) -> CatalogResult<()> {
+    Spi::run_with_args(
+        "INSERT INTO backup.restore_tests (restore_id, backup_id, status, problems, rto_seconds, restore_seconds, recovery_seconds, check_seconds, started_at)
+         SELECT id, backup_id, CASE WHEN $2 THEN 'passed' ELSE 'failed' END, $3,
+                extract(epoch FROM ready_at - started_at), extract(epoch FROM restored_at - started_at),
+                extract(epoch FROM ready_at - restored_at), extract(epoch FROM now() - ready_at), started_at
+           FROM backup.restores WHERE id = $1",
+        &[id.into(), passed.into(), problems.into()],
+    )
+}
+
+/// The user's checks: (name, database, query).
+pub fn checks() -> CatalogResult<Vec<(String, String, String)>> {
+    let json = Spi::get_one::<JsonB>("SELECT coalesce(jsonb_agg(jsonb_build_array(name, database, query) ORDER BY name), '[]') FROM backup.restore_checks")?;
+    Ok(json.map(|j| serde_json::from_value(j.0).unwrap_or_default()).unwrap_or_default())
 }

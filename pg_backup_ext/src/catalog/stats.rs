@@ -74,3 +74,14 @@ pub fn stats(period: pgrx::datum::Interval) -> CatalogResult<serde_json::Value> 
     .map(|j| j.0)
     .unwrap_or_default())
 }
+
+/// RTO as the newest passed restore test measured it, by phase; None before any.
+pub fn rto() -> CatalogResult<Option<serde_json::Value>> {
+    Ok(Spi::get_one::<JsonB>(
+        "SELECT (SELECT jsonb_build_object('seconds', round(rto_seconds::numeric, 3), 'restore_seconds', round(restore_seconds::numeric, 3),
+                                   'recovery_seconds', round(recovery_seconds::numeric, 3), 'check_seconds', round(check_seconds::numeric, 3),
+                                   'measured_at', finished_at, 'restore_test', id, 'backup_id', backup_id)
+           FROM backup.restore_tests WHERE status = 'passed' ORDER BY id DESC LIMIT 1)",
+    )?
+    .map(|j| j.0))
+}

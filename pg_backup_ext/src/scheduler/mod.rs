@@ -220,6 +220,7 @@ impl Scheduler {
                     JobKind::Cleanup => tasks::cleanup(),
                     JobKind::Health => tasks::health(),
                     JobKind::Copy => tasks::copy(job.repo(), job.copy_to()),
+                    JobKind::RestoreTest => tasks::restore_test(),
                     JobKind::Full | JobKind::Incremental => unreachable!("handled above"),
                 };
                 transaction(|| Ok(runs::finish_run(run, status, &message)?))

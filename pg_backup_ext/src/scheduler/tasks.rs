@@ -230,3 +230,22 @@ pub fn health() -> (RunStatus, String) {
     }
     failed(message)
 }
+
+/// Start a restore test of the newest backup: it runs in its own worker (it takes as long as a
+/// restore); its outcome goes to `backup.restore_tests`, and a failure to the health checks
+/// and alerts.
+pub fn restore_test() -> (RunStatus, String) {
+    let req = crate::restore_worker::Request {
+        backup_id: None,
+        target: backup_core::pg::backup::inventory::RecoveryTarget::Latest,
+        into: None,
+        port: None,
+        table: None,
+        test: true,
+    };
+    match transaction(|| Ok(crate::restore_worker::start(&req))) {
+        Ok(Ok(id)) => (RunStatus::Succeeded, format!("restore test started (restore {id}); its outcome goes to backup.restore_tests")),
+        Ok(Err(e)) => failed(e),
+        Err(e) => failed(e.to_string()),
+    }
+}

@@ -26,6 +26,8 @@ use backup_core::storage::CancelToken;
 use pgrx::prelude::*;
 
 use crate::catalog::restores::{self as rows, NewRestore, Restore};
+
+mod restore_test;
 use crate::gucs;
 use crate::postgres::bgworker::{self, transaction, Liveness, Worker};
 
@@ -43,6 +45,8 @@ pub struct Request<'a> {
     pub port: Option<i32>,
     /// `backup.restore_table()`: copy this table's rows back, then remove the instance.
     pub table: Option<TableRequest<'a>>,
+    /// `backup.restore_test()`: check the instance, record the outcome, remove it.
+    pub test: bool,
 }
 
 /// What `backup.restore_table()` copies back, and how.
@@ -139,6 +143,7 @@ pub fn start(req: &Request) -> Result<i64, String> {
         socket_dir: &pgdata.to_string_lossy(),
         port,
         listen_tcp: req.port.is_some(),
+        purpose: if req.table.is_some() { "table" } else if req.test { "test" } else { "instance" },
         table_name: req.table.as_ref().map(|t| t.table),
         mode: req.table.as_ref().map(|t| t.mode.as_str()),
         into_table: req.table.as_ref().and_then(|t| t.into_table),
@@ -233,6 +238,24 @@ pub extern "C-unwind" fn pg_backup_ext_restore_main(_arg: pg_sys::Datum) {
     };
     let pgdata = PathBuf::from(&row.pgdata);
     let result = run(&worker, &row, &pgdata).and_then(|replayed| match &row.table_name {
+        None if row.purpose == "test" => {
+            // Ready is where the recovery time ends; the checks are timed after it.
+            transaction(|| Ok(rows::ready(id, replayed)?)).map_err(|e| e.to_string())?;
+            let problems = restore_test::check(&row);
+            stop_instance(&pgdata);
+            remove_scratch(&pgdata);
+            let passed = problems.is_empty();
+            transaction(|| {
+                rows::record_test(id, passed, problems.clone())?;
+                Ok(rows::done(id, 0, "")?)
+            })
+            .map_err(|e| e.to_string())?;
+            match problems.first() {
+                None => log!("pg_backup_ext: restore test {id} passed"),
+                Some(p) => warning!("pg_backup_ext: restore test {id} failed: {p}"),
+            }
+            Err(String::new()) // done: nothing left running
+        }
         None => Ok(replayed),
         Some(_) => {
             let copied = copy_table(&row, &pgdata);
@@ -261,7 +284,13 @@ pub extern "C-unwind" fn pg_backup_ext_restore_main(_arg: pg_sys::Datum) {
             if pgdata.join("PG_VERSION").exists() || pgdata.join("backup_label").exists() {
                 let _ = std::fs::remove_dir_all(&pgdata);
             }
-            let _ = transaction(|| Ok(rows::failed(id, &e)?));
+            let _ = transaction(|| {
+                rows::failed(id, &e)?;
+                if row.purpose == "test" {
+                    rows::record_test(id, false, vec![format!("the restore failed: {e}")])?;
+                }
+                Ok(())
+            });
         }
     }
 }
@@ -457,7 +486,7 @@ fn copy_table(row: &Restore, pgdata: &Path) -> Result<(i64, String), String> {
 }
 
 /// One query on the scratch instance, in `database`.
-fn scratch_sql(row: &Restore, database: &str, sql: &str) -> Result<String, String> {
+pub(crate) fn scratch_sql(row: &Restore, database: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(crate::postgres::bin_directory().join("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &row.socket_dir, "-p", &row.port.to_string(), "-d", database, "-c", sql])
         .output()

@@ -64,12 +64,14 @@ pub extern "C-unwind" fn pg_backup_ext_alerts_main(_arg: pg_sys::Datum) {
             if !transaction(|| Ok(Spi::get_one::<bool>("SELECT to_regclass('backup.alert_deliveries') IS NOT NULL")?.unwrap_or(false))).map_err(|e| e.to_string())? {
                 return Err(format!("extension pg_backup_ext is not installed in database {database:?}: run CREATE EXTENSION pg_backup_ext there, or set backup.scheduler_database"));
             }
-            let channels = configured_channels();
+            // The configuration file is read when there is something to route or send, not
+            // every second.
+            let mut channels: Option<Vec<Channel>> = None;
             if last_evaluation.is_none_or(|t| t.elapsed() >= interval) {
                 last_evaluation = Some(Instant::now());
-                evaluate(&channels).map_err(|e| format!("evaluating the health checks: {e}"))?;
+                evaluate(channels.get_or_insert_with(configured_channels)).map_err(|e| format!("evaluating the health checks: {e}"))?;
             }
-            deliver_due(&worker, &channels).map_err(|e| format!("delivering alerts: {e}"))
+            deliver_due(&worker, || channels.unwrap_or_else(configured_channels)).map_err(|e| format!("delivering alerts: {e}"))
         })();
         match step {
             Ok(()) => complained = None,
@@ -138,11 +140,12 @@ fn queue(channels: &[Channel], alert_id: Option<i64>, event: Event, severity: St
 }
 
 /// Deliver what is due, each attempt recorded as soon as it ends.
-fn deliver_due(worker: &Worker, channels: &[Channel]) -> Result<(), SqlError> {
+fn deliver_due(worker: &Worker, channels: impl FnOnce() -> Vec<Channel>) -> Result<(), SqlError> {
     let due = transaction(|| Ok(rows::due(20)?))?;
     if due.is_empty() {
         return Ok(());
     }
+    let channels = channels();
     let source = transaction(|| Ok(source()?))?;
     for p in due {
         if worker.poll() != Liveness::Running {

@@ -13,7 +13,6 @@
 
 use std::time::{Duration, Instant};
 
-use backup_core::error::report;
 use backup_core::monitor::{self, RepositoryUsage, Snapshot};
 use pgrx::prelude::*;
 
@@ -111,19 +110,16 @@ fn snapshot(usage: &mut Option<(Instant, Vec<RepositoryUsage>)>) -> Result<Snaps
     Ok(s)
 }
 
-/// Each repository's bytes stored (one listing), and its filesystem's free and total bytes
-/// where it is local.
+/// Each repository's bytes stored, and its filesystem's free and total bytes where it is local.
 fn repositories() -> Vec<RepositoryUsage> {
-    let Ok(config) = gucs::load_config() else {
-        return Vec::new();
-    };
-    gucs::open_all(&config)
-        .repos
+    let figures = crate::stats::repository_figures().unwrap_or_default();
+    figures
         .into_iter()
-        .map(|(rc, repo)| {
-            let space = rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok());
-            let stored = repo.ok().and_then(|r| backup_core::pg::usage::usage(&r).map_err(|e| log!("pg_backup_ext http: repository {}: {}", rc.name, report(&e))).ok());
-            RepositoryUsage { name: rc.name.clone(), stored_bytes: stored.map(|u| u.total_bytes), free_bytes: space.map(|s| s.0), total_bytes: space.map(|s| s.1) }
+        .map(|f| {
+            if let Err(e) = &f.usage {
+                log!("pg_backup_ext http: repository {}: {e}", f.name);
+            }
+            RepositoryUsage { name: f.name, stored_bytes: f.usage.ok().map(|u| u.total_bytes), free_bytes: f.space.map(|s| s.0), total_bytes: f.space.map(|s| s.1) }
         })
         .collect()
 }

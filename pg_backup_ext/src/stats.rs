@@ -4,6 +4,7 @@
 
 use backup_core::error::report;
 use backup_core::pg::usage::{usage, RepoUsage};
+use backup_core::pg::PgRepo;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -18,18 +19,17 @@ pub fn stats(period: pgrx::datum::Interval) -> CatalogResult<Value> {
     let since: Option<DateTime<Utc>> = doc.get("from").and_then(|v| serde_json::from_value(v.clone()).ok());
     let mut repositories = Vec::new();
     let mut primary: Option<RepoUsage> = None;
-    match gucs::load_config() {
-        Err(e) => repositories.push(json!({ "error": report(&e) })),
-        Ok(config) => {
-            for (i, (rc, repo)) in gucs::open_all(&config).repos.into_iter().enumerate() {
-                let space = rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok());
+    match repository_figures() {
+        Err(e) => repositories.push(json!({ "error": e })),
+        Ok(figures) => {
+            for (i, f) in figures.into_iter().enumerate() {
                 let mut entry = json!({
-                    "name": rc.name,
-                    "location": rc.location.to_string(),
-                    "free_bytes": space.map(|s| s.0),
-                    "filesystem_bytes": space.map(|s| s.1),
+                    "name": f.name,
+                    "location": f.location,
+                    "free_bytes": f.space.map(|s| s.0),
+                    "filesystem_bytes": f.space.map(|s| s.1),
                 });
-                match repo.map_err(|e| e).and_then(|r| usage(&r).map_err(|e| report(&e))) {
+                match f.usage {
                     Ok(u) => {
                         entry["stored_bytes"] = json!(u.total_bytes);
                         entry["backup_bytes"] = json!(u.backup_bytes);
@@ -59,4 +59,27 @@ pub fn stats(period: pgrx::datum::Interval) -> CatalogResult<Value> {
     doc["repositories"] = json!(repositories);
     doc["rto"] = catalog::stats::rto()?.unwrap_or_else(|| json!({ "seconds": null, "reason": RTO_UNKNOWN }));
     Ok(doc)
+}
+
+/// One configured repository's figures: where it is, how full its filesystem is (local ones),
+/// what it holds (one listing), or why it could not be read.
+pub struct RepoFigures {
+    pub name: String,
+    pub location: String,
+    pub space: Option<(u64, u64)>,
+    pub usage: Result<RepoUsage, String>,
+}
+
+/// Every configured repository's figures, in order; `backup.stats()` and `/metrics` show them.
+pub fn repository_figures() -> Result<Vec<RepoFigures>, String> {
+    let config = gucs::load_config().map_err(|e| report(&e))?;
+    Ok(config
+        .repositories()
+        .into_iter()
+        .map(|rc| {
+            let space = rc.location.local_path().and_then(|p| backup_core::storage::filesystem_space(p).ok());
+            let usage = PgRepo::open_repo(&config, &rc).map_err(|e| report(&e)).and_then(|r| usage(&r).map_err(|e| report(&e)));
+            RepoFigures { name: rc.name.clone(), location: rc.location.to_string(), space, usage }
+        })
+        .collect())
 }

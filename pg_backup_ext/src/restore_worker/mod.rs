@@ -379,7 +379,7 @@ fn run(worker: &Worker, row: &Restore, pgdata: &Path) -> Result<Option<i64>, Str
     transaction(|| Ok(rows::recovering(row.id, &backup_id, bytes)?)).map_err(|e| e.to_string())?;
     start_instance(worker, pgdata)?;
     wait_promoted(worker, pgdata, row)?;
-    let replayed = psql(pgdata, row, &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')::bigint")).ok().and_then(|s| s.trim().parse().ok());
+    let replayed = scratch_sql(row, "postgres", &format!("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{start_lsn}')::bigint")).ok().and_then(|s| s.trim().parse().ok());
     Ok(replayed)
 }
 
@@ -555,7 +555,7 @@ fn wait_promoted(worker: &Worker, pgdata: &Path, row: &Restore) -> Result<(), St
             let log = log_file(pgdata);
             return Err(format!("the restored instance stopped during recovery; its log ({}) ends:\n{}", log.display(), tail(&log, 8)));
         }
-        if psql(pgdata, row, "SELECT pg_is_in_recovery()").is_ok_and(|s| s.trim() == "f") {
+        if scratch_sql(row, "postgres", "SELECT pg_is_in_recovery()").is_ok_and(|s| s.trim() == "f") {
             return Ok(());
         }
         if worker.sleep(Duration::from_millis(200)) != Liveness::Running {
@@ -568,11 +568,6 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Run one query on a scratch instance, in database postgres.
-fn psql(_pgdata: &Path, row: &Restore, sql: &str) -> Result<String, String> {
-    scratch_sql(row, "postgres", sql)
 }
 
 /// Stop a scratch instance if one runs in `pgdata` (fast shutdown).
